@@ -1,0 +1,22 @@
+"""Shared fixtures: a real ysyncd server on a free port with its own database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import ServerProcess, running_server
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "ysyncd.db"
+
+
+@pytest.fixture
+async def server(db_path: Path) -> AsyncIterator[ServerProcess]:
+    """A ``ysyncd serve`` subprocess with default settings."""
+    async with running_server(db_path) as proc:
+        yield proc

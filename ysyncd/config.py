@@ -1,0 +1,160 @@
+"""Settings: the one source of truth for the CLI, environment variables and docs.
+
+Each field carries its help text and bounds in its metadata. :mod:`ysyncd.cli`
+turns the fields into click options (``--room-idle-seconds``) read also from
+``YSYNCD_*`` environment variables (``YSYNCD_ROOM_IDLE_SECONDS``), and
+:func:`settings_table` renders the README's settings table, which a test keeps
+in step. Nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "Setting", "Settings", "describe", "settings_table"]
+
+ENV_PREFIX = "YSYNCD_"
+
+MiB = 2**20
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "min": minimum, "max": maximum, "choices": choices},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How one ysyncd server runs. Every field is a CLI option and a variable."""
+
+    host: str = _setting(
+        "127.0.0.1",
+        "Interface to listen on. Use 0.0.0.0 to serve other machines.",
+    )
+    port: int = _setting(
+        1234, "TCP port to listen on; 0 picks a free one.", minimum=0, maximum=65535
+    )
+    db: Path = _setting(Path("ysyncd.db"), "SQLite database file; created if missing.")
+    log_level: str = _setting(
+        "info",
+        "Logging threshold.",
+        choices=("debug", "info", "warning", "error"),
+    )
+    room_idle_seconds: float = _setting(
+        30.0,
+        "Keep a room with no peers in memory this long before dropping it "
+        "(after its updates are on disk).",
+        minimum=0,
+    )
+    compact_after: int = _setting(
+        1000,
+        "Compact a room's log into one snapshot once it holds this many update rows.",
+        minimum=2,
+    )
+    sqlite_synchronous: str = _setting(
+        "full",
+        "SQLite synchronous mode. full survives power loss; normal survives a "
+        "process crash only.",
+        choices=("full", "normal"),
+    )
+    commit_batch_max: int = _setting(
+        4096,
+        "Most updates committed in one SQLite transaction (group commit).",
+        minimum=1,
+    )
+    commit_queue_max: int = _setting(
+        65536,
+        "Updates waiting for their commit before readers pause (backpressure).",
+        minimum=1,
+    )
+    max_room_name_bytes: int = _setting(
+        512,
+        "Longest room name (UTF-8 bytes) accepted; longer ones get HTTP 400.",
+        minimum=1,
+    )
+    max_message_bytes: int = _setting(
+        32 * MiB,
+        "Largest WebSocket message accepted; bigger ones close with 1009.",
+        minimum=1024,
+    )
+    send_buffer_bytes: int = _setting(
+        16 * MiB,
+        "Close a peer with 1013 once this many bytes wait unsent to it.",
+        minimum=1024,
+    )
+    ping_interval: float = _setting(
+        20.0, "Seconds between WebSocket pings; 0 disables them.", minimum=0
+    )
+    ping_timeout: float = _setting(
+        20.0, "Seconds to wait for a pong before dropping the peer.", minimum=0
+    )
+    shutdown_timeout: float = _setting(
+        10.0,
+        "Seconds a graceful shutdown may take to flush and close before it gives up.",
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One field of :class:`Settings`, described for the CLI and docs."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    minimum: float | None
+    maximum: float | None
+    choices: tuple[str, ...] | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def describe() -> list[Setting]:
+    """Every setting, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    return [
+        Setting(
+            name=f.name,
+            type=hints[f.name],
+            default=f.default,
+            help=f.metadata["help"],
+            minimum=f.metadata["min"],
+            maximum=f.metadata["max"],
+            choices=f.metadata["choices"],
+        )
+        for f in dataclasses.fields(Settings)
+    ]
+
+
+def settings_table() -> str:
+    """The Markdown table of settings that the README embeds."""
+    rows = [
+        "| Option | Environment variable | Default | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in describe():
+        meaning = s.help
+        if s.choices:
+            meaning += " One of: " + ", ".join(f"`{c}`" for c in s.choices) + "."
+        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.default}` | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,58 @@
+"""Exceptions raised by ysyncd.
+
+The tree::
+
+    YsyncdError
+    ├── ProtocolError            a peer sent something we cannot accept
+    │   ├── DecodeError          bytes that are not a y-websocket message
+    │   ├── UnknownMessageType   a well-formed frame with a type we do not speak
+    │   └── InvalidUpdate        a Yjs update that pycrdt refuses to apply
+    ├── InvalidRoomName          a request path that does not name a room
+    └── StoreError               the store failed or holds data we cannot read
+        └── SchemaError          the database was written by a newer ysyncd
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecodeError",
+    "InvalidRoomName",
+    "InvalidUpdate",
+    "ProtocolError",
+    "SchemaError",
+    "StoreError",
+    "UnknownMessageType",
+    "YsyncdError",
+]
+
+
+class YsyncdError(Exception):
+    """Base class of every error ysyncd raises on purpose."""
+
+
+class ProtocolError(YsyncdError):
+    """A peer broke the protocol; its connection is closed, nothing else is."""
+
+
+class DecodeError(ProtocolError):
+    """A frame is truncated, oversized, or otherwise not a y-websocket message."""
+
+
+class UnknownMessageType(ProtocolError):
+    """A frame carries a message type this server does not implement."""
+
+
+class InvalidUpdate(ProtocolError):
+    """pycrdt could not apply an update; it is never stored or relayed."""
+
+
+class InvalidRoomName(YsyncdError):
+    """The request path does not name a valid room (HTTP 400)."""
+
+
+class StoreError(YsyncdError):
+    """The update store failed."""
+
+
+class SchemaError(StoreError):
+    """The database schema is newer than this version of ysyncd understands."""

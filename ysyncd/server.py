@@ -1,0 +1,183 @@
+"""The server: wires the store, the committer, the rooms and websockets together.
+
+:func:`serve` runs until ``stop`` is set, then shuts down in order:
+
+1. stop listening (handshakes still in flight get HTTP 503);
+2. flush every pending commit, which releases the echoes waiting for it;
+3. close every peer with 1001 (going away) and wait for their handlers;
+4. commit whatever arrived in the meantime, then close the store.
+
+Routing happens in ``process_request``, before any upgrade: ``/healthz``
+answers 200 (503 while commits are failing), and a path that names no valid
+room gets 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosedError
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from ysyncd.commits import Committer
+from ysyncd.config import Settings
+from ysyncd.dialect import Dialect, YWebsocket
+from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError
+from ysyncd.names import room_from_path
+from ysyncd.peer import Peer, close_code_for
+from ysyncd.rooms import RoomRegistry
+from ysyncd.store import open_store
+
+__all__ = ["Admission", "serve"]
+
+log = logging.getLogger("ysyncd.server")
+
+Listening = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the pre-upgrade checks decided about one connection."""
+
+    room: str
+    dialect: Dialect = YWebsocket
+    read_only: bool = False
+
+
+class _App:
+    """The per-server state the websockets callbacks need."""
+
+    def __init__(
+        self, settings: Settings, registry: RoomRegistry, committer: Committer
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.committer = committer
+        self.admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            if self.committer.healthy:
+                return conn.respond(http.HTTPStatus.OK, "ok\n")
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
+        try:
+            room = room_from_path(
+                request.path, max_bytes=self.settings.max_room_name_bytes
+            )
+        except InvalidRoomName as exc:
+            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        self.admissions[conn] = Admission(room)
+        return None
+
+    async def handler(self, conn: ServerConnection) -> None:
+        admission = self.admissions.pop(conn)
+        try:
+            room = await self.registry.acquire(admission.room)
+        except StoreError:
+            await conn.close(CloseCode.INTERNAL_ERROR, "room could not be loaded")
+            return
+        peer = Peer(
+            conn,
+            admission.dialect,
+            read_only=admission.read_only,
+            send_buffer_bytes=self.settings.send_buffer_bytes,
+        )
+        log.debug("peer %d joined room %r", peer.id, room.key)
+        try:
+            room.join(peer)
+            async for frame in conn:
+                if isinstance(frame, str):
+                    await conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted")
+                    break
+                for message in peer.dialect.decode(frame):
+                    room.receive(peer, message)
+                await self.committer.wait_for_room()
+        except ProtocolError as exc:
+            log.info("peer %d in room %r sent bad input: %s", peer.id, room.key, exc)
+            await conn.close(close_code_for(exc), str(exc)[:120])
+        except ConnectionClosedError as exc:
+            log.debug("peer %d connection lost: %s", peer.id, exc)
+        finally:
+            room.leave(peer)
+            self.registry.release(room)
+            log.debug("peer %d left room %r", peer.id, room.key)
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_listening: Listening | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully (see module docs)."""
+    store = await open_store(settings.db, synchronous=settings.sqlite_synchronous)
+    try:
+        committer = Committer(
+            store,
+            batch_max=settings.commit_batch_max,
+            queue_max=settings.commit_queue_max,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(committer.run)
+            registry = RoomRegistry(
+                committer,
+                tg,
+                idle_seconds=settings.room_idle_seconds,
+                compact_after=settings.compact_after,
+            )
+            app = _App(settings, registry, committer)
+            async with ws_serve(
+                app.handler,
+                settings.host,
+                settings.port,
+                process_request=app.process_request,
+                compression=None,  # per-peer deflate would dominate fan-out cost
+                max_size=settings.max_message_bytes,
+                ping_interval=settings.ping_interval or None,
+                ping_timeout=settings.ping_timeout or None,
+                server_header=None,
+            ) as server:
+                _announce(server, on_listening)
+                await stop.wait()
+                await _shut_down(server, committer, settings.shutdown_timeout)
+            committer.stop()
+            with anyio.move_on_after(settings.shutdown_timeout):
+                await committer.flush()
+            tg.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+    log.info("ysyncd stopped")
+
+
+def _announce(server: Server, on_listening: Listening | None) -> None:
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        log.info("ysyncd listening on ws://%s:%d", host, port)
+        if on_listening is not None:
+            on_listening(host, port)
+
+
+async def _shut_down(server: Server, committer: Committer, timeout: float) -> None:
+    log.info("shutting down: no new connections, flushing commits")
+    server.server.close()
+    with anyio.move_on_after(timeout) as scope:
+        await committer.flush()
+    if scope.cancelled_caught:
+        log.error("commits did not finish within %.0f s", timeout)
+    server.close(code=CloseCode.GOING_AWAY)
+    with anyio.move_on_after(timeout):
+        await server.wait_closed()

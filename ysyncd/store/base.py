@@ -1,0 +1,67 @@
+"""The contract every update store keeps.
+
+A store holds, per room, an optional snapshot and an append-only log of Yjs
+updates. Rooms are addressed by a string key. The guarantees:
+
+* :meth:`UpdateStore.append` is one transaction: when it returns, every update in
+  the batch is durable; when it raises, none is.
+* :meth:`UpdateStore.load` sees a consistent state, never half of a compaction.
+* :meth:`UpdateStore.compact` replaces the log by one snapshot in one
+  transaction, after checking that the snapshot holds the same document.
+
+Callers serialise writes (one writer, see :mod:`ysyncd.commits`); loads may run
+concurrently with writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Compaction", "StoredRoom", "UpdateStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRoom:
+    """What :meth:`UpdateStore.load` returns."""
+
+    #: The snapshot first (if any), then the log in commit order.
+    updates: list[bytes]
+    #: How many log rows follow the snapshot.
+    log_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What one compaction did."""
+
+    rows_before: int
+    rows_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+class UpdateStore(Protocol):
+    """Durable, append-only storage of Yjs updates per room."""
+
+    @property
+    def epoch(self) -> str:
+        """An id created with the store; it changes only if the history is lost."""
+        ...
+
+    async def load(self, room: str) -> StoredRoom:
+        """Everything stored for ``room`` (empty for a new room)."""
+        ...
+
+    async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """Durably append ``(room, update)`` pairs, in order, in one transaction."""
+        ...
+
+    async def compact(self, room: str) -> Compaction:
+        """Replace ``room``'s log by one verified snapshot, atomically."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store; pending writes must have been awaited already."""
+        ...
