@@ -67,7 +67,9 @@ class ServerProcess:
                         self.port = int(match.group(1))
                         break
         except TimeoutError:
-            raise AssertionError("ysyncd did not start:\n" + "".join(self.log)) from None
+            raise AssertionError(
+                "ysyncd did not start:\n" + "".join(self.log)
+            ) from None
         self._drain = asyncio.create_task(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:

@@ -136,8 +136,14 @@ class YClient:
             async with asyncio.timeout(scaled(timeout)):
                 while not condition():
                     self._changed.clear()
-                    if self._reader is not None and self._reader.done() and not condition():
-                        raise AssertionError(f"connection closed while waiting for {what}")
+                    if (
+                        self._reader is not None
+                        and self._reader.done()
+                        and not condition()
+                    ):
+                        raise AssertionError(
+                            f"connection closed while waiting for {what}"
+                        )
                     await self._changed.wait()
         except TimeoutError:
             raise AssertionError(f"timed out waiting for {what}") from None
@@ -163,6 +169,12 @@ class YClient:
         except TimeoutError:
             raise AssertionError("the server did not close the connection") from None
         return self.close_code
+
+
+async def stored_content(url: str, room: str) -> dict[str, Any]:
+    """The room's content as a fresh client sees it right now."""
+    async with YClient.connect(url, room) as reader:
+        return reader.content()
 
 
 def _uint(value: int) -> bytes:

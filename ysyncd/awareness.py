@@ -53,7 +53,10 @@ def decode_update(update: bytes) -> list[tuple[int, int, str]]:
     count = reader.var_uint()
     if count > MAX_ENTRIES_PER_UPDATE:
         raise DecodeError(f"awareness update with {count} entries")
-    entries = [(reader.var_uint(), reader.var_uint(), reader.var_string()) for _ in range(count)]
+    entries = [
+        (reader.var_uint(), reader.var_uint(), reader.var_string())
+        for _ in range(count)
+    ]
     if reader.remaining:
         raise DecodeError("trailing bytes after the awareness entries")
     return entries
@@ -81,7 +84,8 @@ class AwarenessStates:
 
     def states(self) -> dict[int, str]:
         """The live states as ``{client_id: json_text}``."""
-        return {cid: e.state for cid, e in self._entries.items() if e.state is not None}
+        entries = self._entries.items()
+        return {cid: e.state for cid, e in entries if e.state is not None}
 
     def apply(self, update: bytes, now: float) -> AwarenessChange:
         """Merge a received update.
@@ -111,7 +115,7 @@ class AwarenessStates:
         return change
 
     def remove(self, client_ids: Iterable[int], now: float) -> bytes | None:
-        """Remove live states; return the update announcing it, or None if none was live."""
+        """Remove live states; return the update announcing it, if any was live."""
         removed: list[tuple[int, int, str]] = []
         for client_id in client_ids:
             entry = self._entries.get(client_id)

@@ -7,9 +7,12 @@ Only after the commit returns are the rooms told (:meth:`Durable.durable`), and
 only then do they echo the updates. So an echo always means "on disk", and the
 fsync cost is shared by everything that arrived together.
 
-Compactions run in the same task, between batches, so the store never sees two
-writers. A failing commit is retried with backoff and never dropped: the rooms
-simply hold their echoes until it succeeds.
+The committer also counts each room's log rows and compacts a room once its log
+passes ``compact_after``. Compactions run in the same task, between batches, so
+the store never sees two writers and the count is exact.
+
+A failing commit is retried with backoff and never dropped: the rooms simply
+hold their echoes until it succeeds.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,20 +51,25 @@ class _Pending:
     seq: int
 
 
-CompactionDone = Callable[[Compaction | None], None]
-
-
 class Committer:
     """The one writer: batches appends from all rooms into shared transactions."""
 
     def __init__(
-        self, store: UpdateStore, *, batch_max: int = 4096, queue_max: int = 65536
+        self,
+        store: UpdateStore,
+        *,
+        batch_max: int = 4096,
+        queue_max: int = 65536,
+        compact_after: int = 1000,
     ) -> None:
         self.store = store
         self._batch_max = batch_max
         self._queue_max = queue_max
+        self._compact_after = compact_after
         self._queue: deque[_Pending] = deque()
-        self._compactions: dict[str, CompactionDone] = {}
+        # Log rows on disk per room in memory; rooms due for compaction, in order.
+        self._log_rows: dict[str, int] = {}
+        self._compactions: dict[str, None] = {}
         self._wakeup = asyncio.Event()
         self._room_for_more = asyncio.Event()
         self._room_for_more.set()
@@ -70,6 +77,7 @@ class Committer:
         self._committed = 0
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._stopping = False
+        self._stopped = asyncio.Event()
         #: False while commits are failing; ``/healthz`` reports it.
         self.healthy = True
 
@@ -91,10 +99,23 @@ class Committer:
         if not self._room_for_more.is_set():
             await self._room_for_more.wait()
 
-    def request_compaction(self, room: str, done: CompactionDone) -> None:
-        """Compact ``room`` soon; ``done`` gets the result, or None on failure."""
-        self._compactions.setdefault(room, done)
-        self._wakeup.set()
+    def track(self, room: str, log_rows: int) -> None:
+        """Start counting ``room``'s log rows (it was just loaded with this many)."""
+        self._log_rows[room] = log_rows
+        self._count(room, 0)
+
+    def forget(self, room: str) -> None:
+        """Stop counting ``room`` (it left memory)."""
+        self._log_rows.pop(room, None)
+
+    def _count(self, room: str, added: int) -> None:
+        rows = self._log_rows.get(room)
+        if rows is None:
+            return
+        self._log_rows[room] = rows + added
+        if rows + added >= self._compact_after:
+            self._compactions[room] = None
+            self._wakeup.set()
 
     async def flush(self) -> None:
         """Return once everything submitted before this call is committed."""
@@ -106,23 +127,31 @@ class Committer:
         await waiter
 
     def stop(self) -> None:
-        """Let :meth:`run` return once the queue is empty."""
+        """Let :meth:`run` return once the queue and the compactions are done."""
         self._stopping = True
         self._wakeup.set()
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`run` has returned after :meth:`stop`."""
+        await self._stopped.wait()
+
+    async def run(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """The writer loop. Returns after :meth:`stop` once everything is committed."""
         task_status.started()
-        while True:
-            if not self._queue and not self._compactions:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self._queue:
-                await self._commit_next_batch()
-            elif self._compactions:
-                await self._compact_one()
+        try:
+            while self._queue or self._compactions or not self._stopping:
+                if self._queue:
+                    await self._commit_next_batch()
+                # One compaction per batch at most, so neither starves the other.
+                if self._compactions:
+                    await self._compact_one()
+                if not (self._queue or self._compactions or self._stopping):
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+        finally:
+            self._stopped.set()
 
     async def _commit_next_batch(self) -> None:
         count = min(len(self._queue), self._batch_max)
@@ -135,10 +164,14 @@ class Committer:
             self._room_for_more.set()
         # Tell each owner once, with its highest sequence number in the batch.
         latest: dict[int, _Pending] = {}
+        added: dict[str, int] = {}
         for pending in batch:
             latest[id(pending.owner)] = pending
+            added[pending.room] = added.get(pending.room, 0) + 1
         for pending in latest.values():
             pending.owner.durable(pending.seq)
+        for room, rows in added.items():
+            self._count(room, rows)
         self._wake_flushers()
 
     async def _append_with_retry(self, rows: list[tuple[str, bytes]]) -> None:
@@ -166,14 +199,17 @@ class Committer:
             return
 
     async def _compact_one(self) -> None:
-        room, done = next(iter(self._compactions.items()))
+        room = next(iter(self._compactions))
         del self._compactions[room]
         try:
-            result: Compaction | None = await self.store.compact(room)
+            result: Compaction = await self.store.compact(room)
         except (OSError, StoreError):
-            log.exception("compaction of room %r failed; its log is left as it was", room)
-            result = None
-        done(result)
+            # Not retried at once: the next batch for this room asks again.
+            log.exception("compaction of room %r failed; its log is kept", room)
+            return
+        if room in self._log_rows:
+            # No append ran meanwhile (same task), so this count is exact.
+            self._log_rows[room] = result.rows_after
 
     def _wake_flushers(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []
@@ -184,4 +220,3 @@ class Committer:
             else:
                 still.append((target, waiter))
         self._flush_waiters = still
-

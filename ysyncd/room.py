@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from pycrdt import Doc
 
@@ -39,7 +39,6 @@ from ysyncd.protocol import (
     encode,
     encode_update,
 )
-from ysyncd.store import Compaction
 
 __all__ = ["PeerLike", "Room"]
 
@@ -69,11 +68,9 @@ class Room:
     def __init__(
         self,
         key: str,
-        doc: Doc,
+        doc: Doc[Any],
         committer: Committer,
         *,
-        log_rows: int = 0,
-        compact_after: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
@@ -87,9 +84,6 @@ class Room:
         self._durable = 0
         # (seq, target or None for everyone, frame): sent once seq is durable.
         self._held: deque[tuple[int, PeerLike | None, bytes]] = deque()
-        self._log_rows = log_rows
-        self._compact_after = compact_after
-        self._compacting = False
 
     @property
     def settled(self) -> bool:
@@ -147,10 +141,6 @@ class Room:
         self._applied += 1
         self._held.append((self._applied, None, encode_update(update)))
         self._committer.submit(self.key, update, self, self._applied)
-        self._log_rows += 1
-        if self._log_rows >= self._compact_after and not self._compacting:
-            self._compacting = True
-            self._committer.request_compaction(self.key, self._compacted)
 
     def durable(self, seq: int) -> None:
         """Called by the committer: updates up to ``seq`` are on disk."""
@@ -187,8 +177,3 @@ class Room:
     def _broadcast(self, frame: bytes) -> None:
         for peer in self.peers:
             peer.send(frame)
-
-    def _compacted(self, result: Compaction | None) -> None:
-        self._compacting = False
-        if result is not None:
-            self._log_rows -= result.rows_before - result.rows_after

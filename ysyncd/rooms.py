@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -40,13 +41,11 @@ class RoomRegistry:
         task_group: TaskGroup,
         *,
         idle_seconds: float = 30.0,
-        compact_after: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._committer = committer
         self._tg = task_group
         self._idle_seconds = idle_seconds
-        self._compact_after = compact_after
         self._clock = clock
         self.rooms: dict[str, Room] = {}
         self._refs: dict[str, int] = {}
@@ -82,7 +81,7 @@ class RoomRegistry:
         started = time.perf_counter()
         try:
             stored = await self._committer.store.load(key)
-            doc: Doc = Doc()
+            doc: Doc[Any] = Doc()
             for update in stored.updates:
                 doc.apply_update(update)
         except (StoreError, OSError, ValueError, RuntimeError) as exc:
@@ -91,15 +90,9 @@ class RoomRegistry:
             return
         finally:
             del self._loading[key]
-        room = Room(
-            key,
-            doc,
-            self._committer,
-            log_rows=stored.log_rows,
-            compact_after=self._compact_after,
-            clock=self._clock,
-        )
+        room = Room(key, doc, self._committer, clock=self._clock)
         self.rooms[key] = room
+        self._committer.track(key, stored.log_rows)
         loading.set_result(room)
         log.info(
             "room %r loaded: %d stored updates in %.1f ms",
@@ -112,11 +105,14 @@ class RoomRegistry:
         with scope:
             await anyio.sleep(self._idle_seconds)
             await self._committer.flush()
-        if scope.cancel_called or self._refs.get(room.key) or self.rooms.get(
-            room.key
-        ) is not room:
+        if (
+            scope.cancel_called
+            or self._refs.get(room.key)
+            or self.rooms.get(room.key) is not room
+        ):
             return
         del self.rooms[room.key]
         del self._refs[room.key]
+        self._committer.forget(room.key)
         self._evictions.pop(room.key, None)
         log.info("room %r evicted after %.0f s idle", room.key, self._idle_seconds)

@@ -101,7 +101,9 @@ class _App:
             room.join(peer)
             async for frame in conn:
                 if isinstance(frame, str):
-                    await conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted")
+                    await conn.close(
+                        CloseCode.UNSUPPORTED_DATA, "text frames are not accepted"
+                    )
                     break
                 for message in peer.dialect.decode(frame):
                     room.receive(peer, message)
@@ -130,6 +132,7 @@ async def serve(
             store,
             batch_max=settings.commit_batch_max,
             queue_max=settings.commit_queue_max,
+            compact_after=settings.compact_after,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(committer.run)
@@ -137,7 +140,6 @@ async def serve(
                 committer,
                 tg,
                 idle_seconds=settings.room_idle_seconds,
-                compact_after=settings.compact_after,
             )
             app = _App(settings, registry, committer)
             async with ws_serve(
@@ -154,9 +156,15 @@ async def serve(
                 _announce(server, on_listening)
                 await stop.wait()
                 await _shut_down(server, committer, settings.shutdown_timeout)
+            # Commit what arrived during the close, finish any compaction, then
+            # cancel what is left (idle-eviction timers).
             committer.stop()
-            with anyio.move_on_after(settings.shutdown_timeout):
-                await committer.flush()
+            with anyio.move_on_after(settings.shutdown_timeout) as scope:
+                await committer.wait_stopped()
+            if scope.cancelled_caught:
+                log.error(
+                    "the store did not finish within %.0f s", settings.shutdown_timeout
+                )
             tg.cancel_scope.cancel()
     finally:
         await store.aclose()

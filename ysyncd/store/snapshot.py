@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pycrdt import Doc, get_state
+from pycrdt import Doc, get_update
 
 from ysyncd.errors import DecodeError, StoreError
 from ysyncd.protocol import Reader
 
-__all__ = ["Snapshot", "build_snapshot", "decode_state_vector"]
+__all__ = ["Snapshot", "build_snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,22 +32,11 @@ class Snapshot:
     pending: list[int]
 
 
-def decode_state_vector(state: bytes) -> dict[int, int]:
-    """Decode a Yjs state vector into ``{client_id: clock}``."""
-    reader = Reader(state)
-    entries = dict(
-        (reader.var_uint(), reader.var_uint()) for _ in range(reader.var_uint())
-    )
-    if reader.remaining:
-        raise DecodeError("trailing bytes after the state vector")
-    return entries
-
-
-def _is_covered(update: bytes, state: dict[int, int]) -> bool:
-    return all(
-        clock <= state.get(client, 0)
-        for client, clock in decode_state_vector(get_state(update)).items()
-    )
+def _is_integrated(update: bytes, state: bytes) -> bool:
+    # The diff of an update against the doc's state vector holds no structs
+    # (its first varUint, the number of clients with structs, is 0) exactly
+    # when every struct of the update made it into the doc.
+    return Reader(get_update(update, state)).var_uint() == 0
 
 
 def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
@@ -56,19 +46,18 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
         StoreError: a stored update cannot be applied, or the snapshot does not
             decode back to the same document. Nothing should be replaced then.
     """
-    doc: Doc = Doc()
+    doc: Doc[Any] = Doc()
     try:
         for update in updates:
             doc.apply_update(update)
         snapshot = doc.get_update()
         state = doc.get_state()
-        clocks = decode_state_vector(state)
-        pending = [i for i, u in enumerate(updates) if not _is_covered(u, clocks)]
+        pending = [i for i, u in enumerate(updates) if not _is_integrated(u, state)]
     except (ValueError, RuntimeError, DecodeError) as exc:
         raise StoreError(f"stored updates do not apply: {exc}") from exc
     # The content check: a doc rebuilt from the snapshot must encode to the very
     # same bytes (items and delete set) and the same state vector.
-    check: Doc = Doc()
+    check: Doc[Any] = Doc()
     check.apply_update(snapshot)
     if check.get_update() != snapshot or check.get_state() != state:
         raise StoreError("snapshot does not round-trip to the same document")

@@ -64,7 +64,7 @@ class SQLiteStore:
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SQLiteStore:
         """Open (creating and migrating if needed) the database at ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        read_only_uri = _prepare(path)
         writer = await aiosqlite.connect(path)
         try:
             # Before any table exists, so that compaction can hand pages back.
@@ -73,9 +73,7 @@ class SQLiteStore:
             await writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             await writer.execute("PRAGMA foreign_keys = ON")
             epoch = await _migrate(writer)
-            reader = await aiosqlite.connect(
-                path.resolve().as_uri() + "?mode=ro", uri=True
-            )
+            reader = await aiosqlite.connect(read_only_uri, uri=True)
         except BaseException:
             await writer.close()
             raise
@@ -102,7 +100,9 @@ class SQLiteStore:
         finally:
             await db.execute("COMMIT")
         updates = [bytes(r[0]) for r in log_rows]
-        return StoredRoom(([bytes(snapshot)] if snapshot else []) + updates, len(updates))
+        return StoredRoom(
+            ([bytes(snapshot)] if snapshot else []) + updates, len(updates)
+        )
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         db = self._writer
@@ -179,8 +179,7 @@ class SQLiteStore:
             rows_before=len(rows),
             rows_after=len(kept),
             bytes_before=sum(map(len, updates)),
-            bytes_after=len(snap.update)
-            + sum(len(d) for i, d in rows if i in kept),
+            bytes_after=len(snap.update) + sum(len(d) for i, d in rows if i in kept),
         )
         log.info(
             "compacted room %r: %d rows (%d B) -> snapshot %d B + %d rows "
@@ -198,6 +197,12 @@ class SQLiteStore:
     async def aclose(self) -> None:
         await self._reader.close()
         await self._writer.close()
+
+
+def _prepare(path: Path) -> str:
+    """Create the database's folder; return a read-only URI for the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.resolve().as_uri() + "?mode=ro"
 
 
 async def _migrate(db: aiosqlite.Connection) -> str:

@@ -1,0 +1,213 @@
+"""Rooms and the registry in process: fake peers, a gated in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+from pycrdt import Doc, Text
+
+from tests.timing import wait_until
+from ysyncd import protocol
+from ysyncd.commits import Committer
+from ysyncd.errors import InvalidUpdate
+from ysyncd.room import Room
+from ysyncd.rooms import RoomRegistry
+from ysyncd.store import MemoryStore
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose commits wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.blocked = asyncio.Event()
+
+    async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        if not self.gate.is_set():
+            self.blocked.set()
+            await self.gate.wait()
+        await super().append(batch)
+
+    async def wait_blocked(self) -> None:
+        """Return once a commit is held at the closed gate."""
+        with anyio.fail_after(5):
+            await self.blocked.wait()
+
+
+class FakePeer:
+    def __init__(self, read_only: bool = False) -> None:
+        self.read_only = read_only
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def refuse_write(self, reason: str) -> None:
+        self.send(protocol.encode(protocol.PermissionDenied(reason)))
+
+    def messages(self) -> list[protocol.Message]:
+        return [m for f in self.frames for m in protocol.decode(f)]
+
+
+def text_update(text: str, client_id: int = 1) -> bytes:
+    doc: Doc = Doc(client_id=client_id)
+    doc.get("text", type=Text).insert(0, text)
+    return doc.get_update()
+
+
+@pytest.fixture
+async def committer() -> AsyncIterator[Committer]:
+    c = Committer(GatedStore())
+    task = asyncio.create_task(c.run())
+    yield c
+    c.stop()
+    with anyio.fail_after(5):
+        await task
+
+
+async def settle(c: Committer) -> None:
+    with anyio.fail_after(5):
+        await c.flush()
+
+
+async def test_updates_are_echoed_only_after_they_are_durable(
+    committer: Committer,
+) -> None:
+    """Nobody, the sender included, hears of an update before its commit."""
+    store = committer.store
+    assert isinstance(store, GatedStore)
+    room = Room("r", Doc(), committer)
+    sender, other = FakePeer(), FakePeer()
+    room.join(sender)
+    room.join(other)
+    sender.frames.clear()
+    other.frames.clear()
+    store.gate.clear()
+    update = text_update("hi")
+    room.receive(sender, protocol.Update(update))
+    await store.wait_blocked()
+    assert sender.frames == [] and other.frames == []
+    assert (await store.load("r")).updates == []
+    store.gate.set()
+    await settle(committer)
+    assert sender.messages() == [protocol.Update(update)]
+    assert other.messages() == [protocol.Update(update)]
+    assert (await store.load("r")).updates == [update]
+
+
+async def test_sync_step2_waits_behind_pending_updates(committer: Committer) -> None:
+    """A joiner's sync reply never holds content that is not on disk yet."""
+    store = committer.store
+    assert isinstance(store, GatedStore)
+    room = Room("r", Doc(), committer)
+    writer, joiner = FakePeer(), FakePeer()
+    room.join(writer)
+    store.gate.clear()
+    room.receive(writer, protocol.Update(text_update("pending")))
+    room.join(joiner)
+    room.receive(joiner, protocol.SyncStep1(Doc().get_state()))
+    assert [type(m) for m in joiner.messages()] == [protocol.SyncStep1]
+    store.gate.set()
+    await settle(committer)
+    step2 = [m for m in joiner.messages() if isinstance(m, protocol.SyncStep2)]
+    assert len(step2) == 1
+    doc: Doc = Doc()
+    doc.apply_update(step2[0].update)
+    assert str(doc.get("text", type=Text)) == "pending"
+
+
+async def test_read_only_peer_is_refused_and_nothing_is_applied(
+    committer: Committer,
+) -> None:
+    """A read-only peer's write is answered with permission-denied and dropped."""
+    room = Room("r", Doc(), committer)
+    viewer, editor = FakePeer(read_only=True), FakePeer()
+    room.join(viewer)
+    room.join(editor)
+    room.receive(viewer, protocol.Update(text_update("nope")))
+    room.receive(viewer, protocol.SyncStep2(text_update("nope either")))
+    await settle(committer)
+    assert protocol.PermissionDenied("read-only") in viewer.messages()
+    assert str(room.doc.get("text", type=Text)) == ""
+    assert (await committer.store.load("r")).updates == []
+    assert not any(isinstance(m, protocol.Update) for m in editor.messages())
+
+
+async def test_invalid_update_is_neither_stored_nor_relayed(
+    committer: Committer,
+) -> None:
+    """pycrdt's refusal surfaces as InvalidUpdate; no one hears of it."""
+    room = Room("r", Doc(), committer)
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    b.frames.clear()
+    with pytest.raises(InvalidUpdate):
+        room.receive(a, protocol.Update(b"\x01\x02garbage"))
+    await settle(committer)
+    assert b.frames == []
+    assert (await committer.store.load("r")).updates == []
+
+
+async def test_leaving_peer_awareness_is_removed_for_everyone(
+    committer: Committer,
+) -> None:
+    """When a peer leaves, the states it controlled are broadcast as removed."""
+    room = Room("r", Doc(), committer, clock=lambda: 0.0)
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    body = b'{"user":{"name":"Zo\xc3\xab"}}'
+    update = b"\x01" + b"\x2a" + b"\x01" + bytes([len(body)]) + body
+    room.receive(a, protocol.Awareness(update))
+    assert protocol.Awareness(update) in a.messages()  # echoed to the sender too
+    joiner = FakePeer()
+    room.join(joiner)
+    assert protocol.Awareness(update) in joiner.messages()
+    room.leave(a)
+    removal = b"\x01\x2a\x02\x04null"
+    assert protocol.Awareness(removal) in b.messages()
+    assert room.awareness.encode() is None
+
+
+async def test_racing_first_joins_share_one_load(committer: Committer) -> None:
+    """Concurrent first joins of a new room all get the same, fully loaded room."""
+    await committer.store.append([("race", text_update("stored"))])
+    async with anyio.create_task_group() as tg:
+        registry = RoomRegistry(committer, tg, idle_seconds=60)
+        rooms = await asyncio.gather(*(registry.acquire("race") for _ in range(8)))
+        assert all(r is rooms[0] for r in rooms)
+        assert str(rooms[0].doc.get("text", type=Text)) == "stored"
+        tg.cancel_scope.cancel()
+
+
+async def test_idle_room_is_evicted_only_after_its_updates_are_durable(
+    committer: Committer,
+) -> None:
+    """Eviction waits for the flush; a join during the wait keeps the room."""
+    store = committer.store
+    assert isinstance(store, GatedStore)
+    async with anyio.create_task_group() as tg:
+        registry = RoomRegistry(committer, tg, idle_seconds=0.01)
+        room = await registry.acquire("idle")
+        peer = FakePeer()
+        room.join(peer)
+        store.gate.clear()
+        room.receive(peer, protocol.Update(text_update("keep me")))
+        room.leave(peer)
+        registry.release(room)
+        await store.wait_blocked()
+        await asyncio.sleep(0.2)  # 20 idle periods: a premature eviction would show
+        assert registry.rooms.get("idle") is room  # still waiting for the commit
+        store.gate.set()
+        await wait_until(lambda: "idle" not in registry.rooms, "eviction")
+        assert (await store.load("idle")).updates == [text_update("keep me")]
+        again = await registry.acquire("idle")
+        assert again is not room
+        assert str(again.doc.get("text", type=Text)) == "keep me"
+        tg.cancel_scope.cancel()

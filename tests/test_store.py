@@ -1,0 +1,188 @@
+"""The store contract, run against every store, plus SQLite specifics.
+
+Every check compares document content, never row counts alone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pycrdt import Array, Doc, Map, Text, TransactionEvent
+
+from ysyncd.errors import SchemaError, StoreError
+from ysyncd.store import MemoryStore, SQLiteStore, UpdateStore
+from ysyncd.store.snapshot import build_snapshot
+
+
+def content(updates: list[bytes]) -> dict[str, object]:
+    doc: Doc = Doc()
+    for u in updates:
+        doc.apply_update(u)
+    return {
+        "text": str(doc.get("text", type=Text)),
+        "map": doc.get("map", type=Map).to_py(),
+        "array": doc.get("array", type=Array).to_py(),
+    }
+
+
+def edits(n: int, client_id: int = 1) -> list[bytes]:
+    """``n`` small updates touching a Text, a Map and an Array."""
+    doc: Doc = Doc(client_id=client_id)
+    out: list[bytes] = []
+
+    def keep(event: TransactionEvent) -> None:
+        out.append(event.update)
+
+    doc.observe(keep)
+    text, mp, arr = (
+        doc.get("text", type=Text),
+        doc.get("map", type=Map),
+        doc.get("array", type=Array),
+    )
+    for i in range(n):
+        text.insert(len(text), "é" if i % 2 else "a")
+        if i % 3 == 0:
+            mp[f"k{i % 7}"] = i
+        if i % 5 == 0:
+            arr.append(i)
+        if i % 11 == 0 and len(text) > 2:
+            del text[0]
+    return out
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[UpdateStore]:
+    s: UpdateStore
+    if request.param == "memory":
+        s = MemoryStore()
+    else:
+        s = await SQLiteStore.open(tmp_path / "s.db")
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+async def test_append_then_load_round_trips_content(store: UpdateStore) -> None:
+    """What is appended loads back, in order, per room."""
+    a, b = edits(50, 1), edits(30, 2)
+    await store.append([("a", u) for u in a[:20]])
+    await store.append([("b", u) for u in b] + [("a", u) for u in a[20:]])
+    loaded_a, loaded_b = await store.load("a"), await store.load("b")
+    assert loaded_a.updates == a
+    assert content(loaded_b.updates) == content(b)
+    assert (await store.load("nobody")).updates == []
+
+
+async def test_compaction_preserves_content(store: UpdateStore) -> None:
+    """A compacted room loads to exactly the same document, from fewer rows."""
+    updates = edits(500)
+    await store.append([("r", u) for u in updates])
+    before = content((await store.load("r")).updates)
+    result = await store.compact("r")
+    after = await store.load("r")
+    assert content(after.updates) == before
+    assert result.rows_before == len(updates)
+    assert result.rows_after == 0
+    assert after.log_rows == 0
+    assert result.bytes_after < result.bytes_before
+
+
+async def test_appends_after_compaction_are_kept(store: UpdateStore) -> None:
+    """Snapshot plus later rows still make the whole document."""
+    updates = edits(300)
+    await store.append([("r", u) for u in updates[:200]])
+    await store.compact("r")
+    await store.append([("r", u) for u in updates[200:]])
+    await store.compact("r")
+    await store.append([("r", updates[-1])])
+    assert content((await store.load("r")).updates) == content(updates)
+
+
+async def test_compaction_keeps_updates_whose_dependencies_are_missing(
+    store: UpdateStore,
+) -> None:
+    """Doc.get_update() drops pending structs; their rows must survive compaction."""
+    first: Doc = Doc(client_id=1)
+    first.get("text", type=Text).insert(0, "hello")
+    base = first.get_update()
+    second: Doc = Doc(client_id=2)
+    second.apply_update(base)
+    later: list[bytes] = []
+    second.observe(lambda event: later.append(event.update))
+    text = second.get("text", type=Text)
+    text.insert(5, " world")
+    text.insert(0, ">> ")
+    # The store never saw ``base``, so these two cannot be integrated yet.
+    await store.append([("r", u) for u in later])
+    result = await store.compact("r")
+    assert result.rows_after == 2
+    await store.append([("r", base)])
+    loaded = await store.load("r")
+    doc: Doc = Doc()
+    for u in loaded.updates:
+        doc.apply_update(u)
+    assert str(doc.get("text", type=Text)) == ">> hello world"
+
+
+async def test_epoch_is_stable(store: UpdateStore) -> None:
+    """The store epoch is a non-empty id."""
+    assert len(store.epoch) >= 16
+
+
+def test_snapshot_refuses_corrupt_logs() -> None:
+    """Compaction never replaces a log it cannot read."""
+    with pytest.raises(StoreError):
+        build_snapshot([b"\x01\x02\x03garbage"])
+
+
+async def test_sqlite_persists_across_reopen_with_same_epoch(tmp_path: Path) -> None:
+    """Closing and reopening keeps rows, snapshot and epoch."""
+    path = tmp_path / "p.db"
+    first = await SQLiteStore.open(path)
+    updates = edits(100)
+    await first.append([("room/ü", u) for u in updates])
+    await first.compact("room/ü")
+    epoch = first.epoch
+    await first.aclose()
+    second = await SQLiteStore.open(path)
+    try:
+        assert second.epoch == epoch
+        assert content((await second.load("room/ü")).updates) == content(updates)
+    finally:
+        await second.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    """A database from a future ysyncd is left alone, with a clear error."""
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaError):
+        await SQLiteStore.open(path)
+
+
+async def test_sqlite_compaction_shrinks_the_file(tmp_path: Path) -> None:
+    """Compaction hands freed pages back to the file system."""
+    path = tmp_path / "shrink.db"
+    store = await SQLiteStore.open(path)
+    try:
+        await store.append([("r", u) for u in edits(3000)])
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            before = db.execute("PRAGMA page_count").fetchone()[0]
+        await store.compact("r")
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            after = db.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        await store.aclose()
+    assert after < before / 2, (before, after)
