@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.serverproc import ServerProcess, running_server
+from tests.timing import wait_until
 from tests.yclient import YClient, stored_content
 
 
@@ -198,3 +201,26 @@ async def test_compaction_keeps_document_and_shrinks_database(tmp_path: Path) ->
     assert plain_rows == 2000
     assert rows < 200
     assert size < plain_size * 0.75, (size, plain_size)
+
+
+async def test_second_signal_forces_exit(server: ServerProcess) -> None:
+    """While a graceful shutdown waits on a silent peer, a second signal exits 1."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"GET /stuck HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 101")
+    # This peer never answers the close frame, so the graceful close would wait
+    # for websockets' close timeout (10 s).
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    await wait_until(
+        lambda: any("shutting down" in line for line in server.log), "shutdown"
+    )
+    started = time.monotonic()
+    assert await server.signal(signal.SIGINT) == 1
+    assert time.monotonic() - started < 5
+    writer.close()

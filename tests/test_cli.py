@@ -1,0 +1,65 @@
+"""The click CLI: options and environment variables come from Settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import click
+from click.testing import CliRunner
+
+from ysyncd import __version__
+from ysyncd.cli import main, settings_options
+from ysyncd.config import Settings, describe
+
+
+@click.command()
+@settings_options
+def capture(**options: Any) -> None:
+    click.echo(repr(Settings(**options)))
+
+
+def test_every_setting_is_an_option_with_an_env_var() -> None:
+    """serve --help lists each setting's flag and environment variable."""
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for setting in describe():
+        assert setting.flag in result.output
+        assert setting.env in result.output
+
+
+def test_defaults_equal_the_settings_defaults() -> None:
+    """With no options, the CLI builds the default Settings."""
+    result = CliRunner().invoke(capture, [], env={})
+    assert result.output.strip() == repr(Settings())
+
+
+def test_environment_variables_and_flags_set_settings() -> None:
+    """YSYNCD_* variables set options; flags win over variables."""
+    env = {"YSYNCD_PORT": "4321", "YSYNCD_COMPACT_AFTER": "77", "YSYNCD_DB": "x.db"}
+    result = CliRunner().invoke(capture, ["--port", "999"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "port=999" in result.output
+    assert "compact_after=77" in result.output
+    assert "PosixPath('x.db')" in result.output
+
+
+def test_out_of_range_values_are_refused() -> None:
+    """Bounds from the Settings metadata are enforced by click."""
+    result = CliRunner().invoke(capture, ["--port", "70000"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(capture, ["--sqlite-synchronous", "off"])
+    assert result.exit_code == 2
+
+
+def test_version_via_python_dash_m() -> None:
+    """``python -m ysyncd --version`` prints the package version."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ysyncd", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert __version__ in out.stdout
