@@ -224,3 +224,19 @@ async def test_second_signal_forces_exit(server: ServerProcess) -> None:
     assert await server.signal(signal.SIGINT) == 1
     assert time.monotonic() - started < 5
     writer.close()
+
+
+async def test_dead_peer_is_dropped_by_ping_timeout(db_path: Path) -> None:
+    """A peer that stops answering pings is dropped, and its cursor goes with it."""
+    args = ("--ping-interval", "0.2", "--ping-timeout", "0.3", "--close-timeout", "0.5")
+    async with (
+        running_server(db_path, *args) as server,
+        YClient.connect(server.url, "ping") as watcher,
+        connect(f"{server.url}/ping", compression=None) as silent,
+    ):
+        body = b'{"user":{"name":"ghost"}}'
+        update = b"\x01\x63\x01" + bytes([len(body)]) + body
+        await silent.send(b"\x01" + bytes([len(update)]) + update)
+        await watcher.wait(lambda: 99 in watcher.awareness, "the ghost's state")
+        silent.transport.pause_reading()  # no more pongs from here on
+        await watcher.wait(lambda: 99 not in watcher.awareness, "ghost removal", 5)

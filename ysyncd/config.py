@@ -101,6 +101,12 @@ class Settings:
     ping_timeout: float = _setting(
         20.0, "Seconds to wait for a pong before dropping the peer.", minimum=0
     )
+    close_timeout: float = _setting(
+        5.0,
+        "Seconds to wait for a peer's closing handshake before dropping the TCP "
+        "connection (after a ping timeout, too).",
+        minimum=0,
+    )
     shutdown_timeout: float = _setting(
         10.0,
         "Seconds a graceful shutdown may take to flush and close before it gives up.",

@@ -151,6 +151,7 @@ async def serve(
                 max_size=settings.max_message_bytes,
                 ping_interval=settings.ping_interval or None,
                 ping_timeout=settings.ping_timeout or None,
+                close_timeout=settings.close_timeout,
                 server_header=None,
             ) as server:
                 _announce(server, on_listening)
