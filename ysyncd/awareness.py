@@ -135,11 +135,13 @@ class AwarenessStates:
             if e.state is not None and now - e.last_seen >= timeout
         ]
 
-    def encode(self) -> bytes | None:
-        """Every live state as one update, or None when there is none."""
+    def encode(self, client_ids: Iterable[int] | None = None) -> bytes | None:
+        """Live states (all, or those of ``client_ids``) as one update, or None."""
+        entries = self._entries
+        ids = entries.keys() if client_ids is None else client_ids
         live = [
             (cid, e.clock, e.state)
-            for cid, e in self._entries.items()
-            if e.state is not None
+            for cid in ids
+            if (e := entries.get(cid)) is not None and e.state is not None
         ]
         return _encode(live) if live else None

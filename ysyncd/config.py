@@ -80,6 +80,22 @@ class Settings:
         "Updates waiting for their commit before readers pause (backpressure).",
         minimum=1,
     )
+    max_rooms: int = _setting(
+        50_000,
+        "Most rooms in memory at once; a connection that would load one more gets "
+        "HTTP 503.",
+        minimum=1,
+    )
+    max_peers_per_room: int = _setting(
+        1000,
+        "Most connections in one room; one more gets HTTP 503.",
+        minimum=1,
+    )
+    max_connections: int = _setting(
+        16_384,
+        "Most WebSocket connections in total; one more gets HTTP 503.",
+        minimum=1,
+    )
     max_room_name_bytes: int = _setting(
         512,
         "Longest room name (UTF-8 bytes) accepted; longer ones get HTTP 400.",
@@ -94,6 +110,31 @@ class Settings:
         16 * MiB,
         "Close a peer with 1013 once this many bytes wait unsent to it.",
         minimum=1024,
+    )
+    awareness_timeout: float = _setting(
+        30.0,
+        "Drop an awareness state (a cursor) that is not renewed within this many "
+        "seconds, and tell the room.",
+        minimum=1,
+    )
+    max_awareness_bytes: int = _setting(
+        64 * 1024,
+        "Largest awareness state (JSON bytes) one client may set; bigger closes "
+        "with 1009.",
+        minimum=64,
+    )
+    awareness_rate: float = _setting(
+        30.0,
+        "Awareness updates per second relayed at once for one peer; faster ones "
+        "are merged and relayed within a second. Ten times this rate closes the "
+        "peer with 1008.",
+        minimum=1,
+    )
+    max_awareness_clients: int = _setting(
+        16,
+        "Most awareness client IDs one connection may control; more closes it "
+        "with 1008.",
+        minimum=1,
     )
     ping_interval: float = _setting(
         20.0, "Seconds between WebSocket pings; 0 disables them.", minimum=0

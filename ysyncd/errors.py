@@ -6,7 +6,10 @@ The tree::
     ├── ProtocolError            a peer sent something we cannot accept
     │   ├── DecodeError          bytes that are not a y-websocket message
     │   ├── UnknownMessageType   a well-formed frame with a type we do not speak
-    │   └── InvalidUpdate        a Yjs update that pycrdt refuses to apply
+    │   ├── UnsupportedFrame     a text frame (the protocol is binary)
+    │   ├── InvalidUpdate        a Yjs update that pycrdt refuses to apply
+    │   ├── TooLarge             a message or awareness state over its size limit
+    │   └── PolicyViolation      a peer over a rate or count limit
     ├── InvalidRoomName          a request path that does not name a room
     └── StoreError               the store failed or holds data we cannot read
         └── SchemaError          the database was written by a newer ysyncd
@@ -18,10 +21,13 @@ __all__ = [
     "DecodeError",
     "InvalidRoomName",
     "InvalidUpdate",
+    "PolicyViolation",
     "ProtocolError",
     "SchemaError",
     "StoreError",
+    "TooLarge",
     "UnknownMessageType",
+    "UnsupportedFrame",
     "YsyncdError",
 ]
 
@@ -42,8 +48,20 @@ class UnknownMessageType(ProtocolError):
     """A frame carries a message type this server does not implement."""
 
 
+class UnsupportedFrame(ProtocolError):
+    """A text frame; y-websocket frames are binary (close 1003)."""
+
+
 class InvalidUpdate(ProtocolError):
     """pycrdt could not apply an update; it is never stored or relayed."""
+
+
+class TooLarge(ProtocolError):
+    """Something a peer sent is over its size limit (close 1009)."""
+
+
+class PolicyViolation(ProtocolError):
+    """A peer went over a rate or count limit (close 1008)."""
 
 
 class InvalidRoomName(YsyncdError):

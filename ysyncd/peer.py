@@ -15,12 +15,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.frames import CloseCode
 
 from ysyncd.dialect import Dialect
-from ysyncd.errors import InvalidUpdate, ProtocolError, UnknownMessageType
+from ysyncd.errors import (
+    InvalidUpdate,
+    PolicyViolation,
+    ProtocolError,
+    TooLarge,
+    UnknownMessageType,
+    UnsupportedFrame,
+)
 
 __all__ = ["Peer", "close_code_for"]
 
@@ -31,17 +39,21 @@ _ids = itertools.count(1)
 
 def close_code_for(exc: ProtocolError) -> CloseCode:
     """The close code documented for each kind of bad input."""
-    if isinstance(exc, UnknownMessageType):
+    if isinstance(exc, UnknownMessageType | UnsupportedFrame):
         return CloseCode.UNSUPPORTED_DATA  # 1003
     if isinstance(exc, InvalidUpdate):
         return CloseCode.INVALID_DATA  # 1007
+    if isinstance(exc, TooLarge):
+        return CloseCode.MESSAGE_TOO_BIG  # 1009
+    if isinstance(exc, PolicyViolation):
+        return CloseCode.POLICY_VIOLATION  # 1008
     return CloseCode.PROTOCOL_ERROR  # 1002: malformed frame
 
 
 class Peer:
     """A connected client, as a room sees it."""
 
-    __slots__ = ("_closing", "_limit", "conn", "dialect", "id", "read_only")
+    __slots__ = ("_closing", "_limit", "_on_slow", "conn", "dialect", "id", "read_only")
 
     def __init__(
         self,
@@ -50,12 +62,14 @@ class Peer:
         *,
         read_only: bool = False,
         send_buffer_bytes: int = 16 * 2**20,
+        on_slow: Callable[[], None] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.conn = conn
         self.dialect = dialect
         self.read_only = read_only
         self._limit = send_buffer_bytes
+        self._on_slow = on_slow
         self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -65,11 +79,8 @@ class Peer:
         if self._closing is not None:
             return
         if self.conn.transport.get_write_buffer_size() > self._limit:
-            log.warning(
-                "peer %d fell %d bytes behind; closing it with 1013",
-                self.id,
-                self.conn.transport.get_write_buffer_size(),
-            )
+            if self._on_slow is not None:
+                self._on_slow()
             self.close(CloseCode.TRY_AGAIN_LATER, "too slow: send buffer full")
             return
         broadcast((self.conn,), frame)

@@ -11,23 +11,31 @@ Anything else that carries document content (a sync step 2 reply) waits the
 same way behind the updates applied before it, so no peer ever sees content
 that is not on disk. Awareness carries no document content and goes out at once.
 
+A rejected update leaves the doc untouched in almost every case (pycrdt decodes
+before it integrates). The exception is an update that fails half-way through
+integration; then the room is *tainted*: the registry rebuilds its doc from the
+store plus the updates still waiting for their commit, and peers wait for
+:attr:`Room.rebuilt` before their next message is handled.
+
 The room knows nothing about sockets: a peer is anything with ``send``,
-``close``, ``read_only`` and ``dialect`` (see :class:`PeerLike`).
+``refuse_write`` and ``read_only`` (see :class:`PeerLike`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pycrdt import Doc
 
-from ysyncd.awareness import AwarenessStates
+from ysyncd.awareness import AwarenessStates, decode_update
 from ysyncd.commits import Committer
-from ysyncd.errors import InvalidUpdate
+from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
 from ysyncd.protocol import (
     Awareness,
     Message,
@@ -40,7 +48,7 @@ from ysyncd.protocol import (
     encode_update,
 )
 
-__all__ = ["PeerLike", "Room"]
+__all__ = ["AwarenessPolicy", "PeerLike", "Room"]
 
 log = logging.getLogger("ysyncd.room")
 
@@ -62,6 +70,30 @@ class PeerLike(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class AwarenessPolicy:
+    """Limits on what one peer may do with awareness (see Settings)."""
+
+    timeout: float = 30.0
+    max_state_bytes: int = 64 * 1024
+    rate: float = 30.0
+    max_clients: int = 16
+
+
+@dataclass(slots=True)
+class _Presence:
+    """Per-peer awareness bookkeeping."""
+
+    ids: set[int] = field(default_factory=set)
+    tokens: float = 0.0
+    refilled: float = 0.0
+    window_start: float = 0.0
+    window_count: int = 0
+
+
+Tainted = Callable[["Room"], None]
+
+
 class Room:
     """The in-memory state of one room and its fan-out."""
 
@@ -71,24 +103,38 @@ class Room:
         doc: Doc[Any],
         committer: Committer,
         *,
+        policy: AwarenessPolicy = AwarenessPolicy(),
         clock: Callable[[], float] = time.monotonic,
+        on_taint: Tainted | None = None,
     ) -> None:
         self.key = key
         self.doc = doc
         self.awareness = AwarenessStates()
-        #: Each peer, with the awareness client IDs it controls.
-        self.peers: dict[PeerLike, set[int]] = {}
+        self.peers: dict[PeerLike, _Presence] = {}
+        #: Set while a rebuild is under way; peers wait on it.
+        self.rebuilt: asyncio.Event | None = None
         self._committer = committer
+        self._policy = policy
         self._clock = clock
+        self._on_taint = on_taint
         self._applied = 0
         self._durable = 0
         # (seq, target or None for everyone, frame): sent once seq is durable.
         self._held: deque[tuple[int, PeerLike | None, bytes]] = deque()
+        # Updates applied but not yet durable, for a rebuild.
+        self._uncommitted: deque[tuple[int, bytes]] = deque()
+        # Awareness client IDs changed but not relayed yet (over-rate peers).
+        self._coalesced: set[int] = set()
 
     @property
     def settled(self) -> bool:
         """True when every applied update is durable and echoed."""
         return self._durable == self._applied
+
+    @property
+    def uncommitted(self) -> list[bytes]:
+        """Updates applied to the doc and not yet durable, in order."""
+        return [update for _, update in self._uncommitted]
 
     def join(self, peer: PeerLike) -> None:
         """Greet ``peer`` with our state vector and all awareness, then add it."""
@@ -96,15 +142,14 @@ class Room:
         states = self.awareness.encode()
         if states is not None:
             peer.send(encode(Awareness(states)))
-        self.peers[peer] = set()
+        now = self._clock()
+        self.peers[peer] = _Presence(tokens=self._policy.rate, refilled=now)
 
     def leave(self, peer: PeerLike) -> None:
         """Remove ``peer`` and announce that its awareness states are gone."""
-        controlled = self.peers.pop(peer, None)
-        if controlled:
-            removal = self.awareness.remove(controlled, self._clock())
-            if removal is not None:
-                self._broadcast(encode(Awareness(removal)))
+        presence = self.peers.pop(peer, None)
+        if presence and presence.ids:
+            self._remove_awareness(presence.ids)
 
     def receive(self, peer: PeerLike, message: Message) -> None:
         """Act on one decoded message from ``peer``.
@@ -112,6 +157,7 @@ class Room:
         Raises:
             InvalidUpdate: pycrdt refused an update; nothing was stored or sent.
             DecodeError: a malformed state vector or awareness update.
+            TooLarge, PolicyViolation: an awareness limit was passed.
         """
         match message:
             case SyncStep1(state_vector):
@@ -136,15 +182,23 @@ class Room:
             return
         try:
             self.doc.apply_update(update)
-        except (ValueError, RuntimeError) as exc:
+        except ValueError as exc:  # refused while decoding: the doc is untouched
+            raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
+        except RuntimeError as exc:  # refused while integrating: maybe half-applied
+            self._taint()
             raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
         self._applied += 1
-        self._held.append((self._applied, None, encode_update(update)))
-        self._committer.submit(self.key, update, self, self._applied)
+        seq = self._applied
+        self._held.append((seq, None, encode_update(update)))
+        self._uncommitted.append((seq, update))
+        self._committer.submit(self.key, update, self, seq)
 
     def durable(self, seq: int) -> None:
         """Called by the committer: updates up to ``seq`` are on disk."""
         self._durable = seq
+        uncommitted = self._uncommitted
+        while uncommitted and uncommitted[0][0] <= seq:
+            uncommitted.popleft()
         held = self._held
         while held and held[0][0] <= seq:
             _, target, frame = held.popleft()
@@ -152,6 +206,31 @@ class Room:
                 self._broadcast(frame)
             elif target in self.peers:
                 target.send(frame)
+
+    def replace_doc(self, doc: Doc[Any]) -> None:
+        """Swap in a rebuilt doc and let waiting peers go on."""
+        self.doc = doc
+        if self.rebuilt is not None:
+            self.rebuilt.set()
+            self.rebuilt = None
+
+    def tick(self, now: float) -> None:
+        """Periodic work: expire stale awareness, relay coalesced changes."""
+        expired = self.awareness.expired(now, self._policy.timeout)
+        if expired:
+            self._remove_awareness(expired)
+        if self._coalesced:
+            update = self.awareness.encode(self._coalesced)
+            self._coalesced.clear()
+            if update is not None:
+                self._broadcast(encode(Awareness(update)))
+
+    def _taint(self) -> None:
+        log.warning("room %r: an update failed half-way; rebuilding its doc", self.key)
+        if self.rebuilt is None:
+            self.rebuilt = asyncio.Event()
+            if self._on_taint is not None:
+                self._on_taint(self)
 
     def _answer_step1(self, peer: PeerLike, state_vector: bytes) -> None:
         try:
@@ -165,14 +244,51 @@ class Room:
             self._held.append((self._applied, peer, frame))
 
     def _on_awareness(self, peer: PeerLike, update: bytes) -> None:
-        change = self.awareness.apply(update, self._clock())
-        controlled = self.peers.get(peer)
-        if controlled is not None:
-            controlled.update(change.added)
-            controlled.difference_update(change.removed)
-        # Relay to everyone, the sender too: clients count their own echoed
-        # awareness as proof that the connection is alive.
-        self._broadcast(encode(Awareness(update)))
+        presence = self.peers.get(peer)
+        if presence is None:
+            return
+        policy = self._policy
+        entries = decode_update(update)
+        for _, _, state in entries:
+            if len(state) > policy.max_state_bytes:  # chars <= bytes: cheap pre-check
+                if len(state.encode()) > policy.max_state_bytes:
+                    raise TooLarge(
+                        f"awareness state over {policy.max_state_bytes} bytes"
+                    )
+        now = self._clock()
+        change = self.awareness.apply(update, now)
+        presence.ids.update(change.added)
+        presence.ids.difference_update(change.removed)
+        if len(presence.ids) > policy.max_clients:
+            raise PolicyViolation(f"more than {policy.max_clients} awareness clients")
+        if self._within_rate(presence, now):
+            # Relay as received, to the sender too: clients count their own
+            # echoed awareness as proof that the connection is alive.
+            self._broadcast(encode(Awareness(update)))
+        else:
+            self._coalesced.update(client_id for client_id, _, _ in entries)
+
+    def _within_rate(self, presence: _Presence, now: float) -> bool:
+        rate = self._policy.rate
+        if now - presence.window_start >= 1.0:
+            presence.window_start, presence.window_count = now, 0
+        presence.window_count += 1
+        if presence.window_count > 10 * rate:
+            raise PolicyViolation("awareness flood")
+        presence.tokens = min(
+            2 * rate, presence.tokens + (now - presence.refilled) * rate
+        )
+        presence.refilled = now
+        if presence.tokens >= 1:
+            presence.tokens -= 1
+            return True
+        return False
+
+    def _remove_awareness(self, client_ids: set[int] | list[int]) -> None:
+        removal = self.awareness.remove(client_ids, self._clock())
+        if removal is not None:
+            self._coalesced.difference_update(client_ids)
+            self._broadcast(encode(Awareness(removal)))
 
     def _broadcast(self, frame: bytes) -> None:
         for peer in self.peers:

@@ -8,8 +8,9 @@
 4. commit whatever arrived in the meantime, then close the store.
 
 Routing happens in ``process_request``, before any upgrade: ``/healthz``
-answers 200 (503 while commits are failing), and a path that names no valid
-room gets 400.
+answers 200 (503 while commits are failing), ``/metrics`` gives Prometheus
+counters, a path that names no valid room gets 400, and a connection over the
+room, per-room or total limit gets 503.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from websockets.http11 import Request, Response
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
-from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError
+from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError, UnsupportedFrame
 from ysyncd.names import room_from_path
 from ysyncd.peer import Peer, close_code_for
+from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
+from ysyncd.stats import Stats
 from ysyncd.store import open_store
 
 __all__ = ["Admission", "serve"]
@@ -57,14 +60,39 @@ class _App:
     """The per-server state the websockets callbacks need."""
 
     def __init__(
-        self, settings: Settings, registry: RoomRegistry, committer: Committer
+        self,
+        settings: Settings,
+        registry: RoomRegistry,
+        committer: Committer,
+        stats: Stats,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.committer = committer
+        self.stats = stats
+        self.connections = 0
+        # Admitted but not yet handled; weak, so a failed handshake leaks nothing.
         self.admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
             weakref.WeakKeyDictionary()
         )
+        stats.gauges.update(
+            rooms=lambda: len(registry.rooms),
+            connections=lambda: self.connections,
+            commit_backlog=lambda: committer.backlog,
+        )
+
+    def _over_limit(self, room: str) -> str | None:
+        """The name of the limit this connection would pass, if any."""
+        s = self.settings
+        if self.connections + len(self.admissions) >= s.max_connections:
+            return "max_connections"
+        loaded = self.registry.rooms.get(room)
+        if loaded is None:
+            if len(self.registry.rooms) + self.registry.loading >= s.max_rooms:
+                return "max_rooms"
+        elif len(loaded.peers) >= s.max_peers_per_room:
+            return "max_peers_per_room"
+        return None
 
     def process_request(
         self, conn: ServerConnection, request: Request
@@ -74,17 +102,34 @@ class _App:
             if self.committer.healthy:
                 return conn.respond(http.HTTPStatus.OK, "ok\n")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
+        if path == "/metrics":
+            return conn.respond(http.HTTPStatus.OK, self.stats.render())
         try:
             room = room_from_path(
                 request.path, max_bytes=self.settings.max_room_name_bytes
             )
         except InvalidRoomName as exc:
+            self.stats.limit_hit("room_name", str(exc))
             return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        limit = self._over_limit(room)
+        if limit is not None:
+            self.stats.limit_hit(limit, f"refused a connection to {room!r}")
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
         self.admissions[conn] = Admission(room)
         return None
 
     async def handler(self, conn: ServerConnection) -> None:
         admission = self.admissions.pop(conn)
+        self.connections += 1
+        self.stats.count("connections")
+        try:
+            await self._serve_peer(conn, admission)
+        finally:
+            self.connections -= 1
+            if conn.close_code is not None:
+                self.stats.closed(conn.close_code)
+
+    async def _serve_peer(self, conn: ServerConnection, admission: Admission) -> None:
         try:
             room = await self.registry.acquire(admission.room)
         except StoreError:
@@ -95,28 +140,34 @@ class _App:
             admission.dialect,
             read_only=admission.read_only,
             send_buffer_bytes=self.settings.send_buffer_bytes,
+            on_slow=lambda: self.stats.limit_hit("send_buffer_bytes", "slow peer"),
         )
-        log.debug("peer %d joined room %r", peer.id, room.key)
         try:
+            await _wait_rebuilt(room)
             room.join(peer)
             async for frame in conn:
                 if isinstance(frame, str):
-                    await conn.close(
-                        CloseCode.UNSUPPORTED_DATA, "text frames are not accepted"
-                    )
-                    break
-                for message in peer.dialect.decode(frame):
+                    raise UnsupportedFrame("text frames are not part of the protocol")
+                messages = peer.dialect.decode(frame)
+                await _wait_rebuilt(room)
+                for message in messages:
                     room.receive(peer, message)
                 await self.committer.wait_for_room()
         except ProtocolError as exc:
-            log.info("peer %d in room %r sent bad input: %s", peer.id, room.key, exc)
+            self.stats.limit_hit(f"bad_input_{type(exc).__name__}", str(exc))
+            log.debug("peer %d in room %r sent bad input: %s", peer.id, room.key, exc)
             await conn.close(close_code_for(exc), str(exc)[:120])
         except ConnectionClosedError as exc:
             log.debug("peer %d connection lost: %s", peer.id, exc)
         finally:
             room.leave(peer)
             self.registry.release(room)
-            log.debug("peer %d left room %r", peer.id, room.key)
+
+
+async def _wait_rebuilt(room: Room) -> None:
+    rebuilt = room.rebuilt
+    if rebuilt is not None:
+        await rebuilt.wait()
 
 
 async def serve(
@@ -140,8 +191,15 @@ async def serve(
                 committer,
                 tg,
                 idle_seconds=settings.room_idle_seconds,
+                policy=AwarenessPolicy(
+                    timeout=settings.awareness_timeout,
+                    max_state_bytes=settings.max_awareness_bytes,
+                    rate=settings.awareness_rate,
+                    max_clients=settings.max_awareness_clients,
+                ),
             )
-            app = _App(settings, registry, committer)
+            tg.start_soon(registry.run_ticks)
+            app = _App(settings, registry, committer, Stats())
             async with ws_serve(
                 app.handler,
                 settings.host,

@@ -1,0 +1,63 @@
+"""Counters and gauges for ``GET /metrics`` (Prometheus text format).
+
+Limits report through :meth:`Stats.limit_hit`, which counts every hit and logs
+only the first of each kind, so a flood cannot flood the log as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+__all__ = ["Stats"]
+
+log = logging.getLogger("ysyncd.limits")
+
+
+class Stats:
+    """Process-wide counters; gauges are read from callbacks at scrape time."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.limits: Counter[str] = Counter()
+        self.closes: Counter[int] = Counter()
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def count(self, name: str, value: int = 1) -> None:
+        self.counters[name] += value
+
+    def limit_hit(self, limit: str, detail: str) -> None:
+        """Count a limit; log it the first time only."""
+        if not self.limits[limit]:
+            log.warning(
+                "limit %s hit: %s (further hits are counted in /metrics, not logged)",
+                limit,
+                detail,
+            )
+        self.limits[limit] += 1
+
+    def closed(self, code: int) -> None:
+        self.closes[code] += 1
+
+    def render(self) -> str:
+        """The Prometheus exposition text."""
+        lines: list[str] = []
+        for name, read in sorted(self.gauges.items()):
+            lines += [f"# TYPE ysyncd_{name} gauge", f"ysyncd_{name} {read():g}"]
+        for name, value in sorted(self.counters.items()):
+            lines += [
+                f"# TYPE ysyncd_{name}_total counter",
+                f"ysyncd_{name}_total {value}",
+            ]
+        lines.append("# TYPE ysyncd_limit_hits_total counter")
+        lines += [
+            f'ysyncd_limit_hits_total{{limit="{k}"}} {v}'
+            for k, v in sorted(self.limits.items())
+        ]
+        lines.append("# TYPE ysyncd_closes_total counter")
+        lines += [
+            f'ysyncd_closes_total{{code="{k}"}} {v}'
+            for k, v in sorted(self.closes.items())
+        ]
+        return "\n".join(lines) + "\n"
