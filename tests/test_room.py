@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
-from pycrdt import Doc, Text
+from pycrdt import Array, Doc, Map, Text, write_var_uint
 
 from tests.timing import wait_until
 from ysyncd import protocol
+from ysyncd.awareness import decode_update
 from ysyncd.commits import Committer
-from ysyncd.errors import InvalidUpdate
-from ysyncd.room import Room
+from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
+from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.store import MemoryStore
 
@@ -211,3 +213,143 @@ async def test_idle_room_is_evicted_only_after_its_updates_are_durable(
         assert again is not room
         assert str(again.doc.get("text", type=Text)) == "keep me"
         tg.cancel_scope.cancel()
+
+
+def aw_update(client_id: int, clock: int, state: str) -> bytes:
+    body = state.encode()
+    return (
+        b"\x01"
+        + write_var_uint(client_id)
+        + write_var_uint(clock)
+        + write_var_uint(len(body))
+        + body
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_awareness_over_the_rate_is_coalesced_then_relayed(
+    committer: Committer,
+) -> None:
+    """Past the burst, updates still change the state but are relayed on the tick."""
+    clock = Clock()
+    room = Room("r", Doc(), committer, clock=clock, policy=AwarenessPolicy(rate=5))
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    for clock_value in range(1, 8):  # burst of 5 passes, 2 are held back
+        room.receive(
+            a, protocol.Awareness(aw_update(1, clock_value, f'{{"n":{clock_value}}}'))
+        )
+    relayed = [m for m in b.messages() if isinstance(m, protocol.Awareness)]
+    assert len(relayed) == 5
+    assert room.awareness.states() == {1: '{"n":7}'}
+    room.tick(clock.now + 1)
+    last = [m for m in b.messages() if isinstance(m, protocol.Awareness)][-1]
+    assert decode_update(last.update) == [(1, 7, '{"n":7}')]
+
+
+async def test_awareness_flood_and_oversize_and_too_many_clients(
+    committer: Committer,
+) -> None:
+    """Each awareness limit raises the error that maps to its close code."""
+    room = Room(
+        "r",
+        Doc(),
+        committer,
+        clock=Clock(),
+        policy=AwarenessPolicy(rate=2, max_state_bytes=64, max_clients=2),
+    )
+    peer = FakePeer()
+    room.join(peer)
+    with pytest.raises(TooLarge):
+        room.receive(peer, protocol.Awareness(aw_update(1, 1, '"' + "é" * 40 + '"')))
+    room.receive(peer, protocol.Awareness(aw_update(1, 1, "{}")))
+    room.receive(peer, protocol.Awareness(aw_update(2, 1, "{}")))
+    with pytest.raises(PolicyViolation):
+        room.receive(peer, protocol.Awareness(aw_update(3, 1, "{}")))
+    flooder = FakePeer()
+    room.join(flooder)
+    with pytest.raises(PolicyViolation, match="flood"):
+        for clock_value in range(1, 100):
+            room.receive(flooder, protocol.Awareness(aw_update(9, clock_value, "{}")))
+
+
+async def test_stale_awareness_expires_on_tick(committer: Committer) -> None:
+    """A state not renewed within the timeout is removed and the removal relayed."""
+    clock = Clock()
+    room = Room("r", Doc(), committer, clock=clock, policy=AwarenessPolicy(timeout=30))
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    room.receive(a, protocol.Awareness(aw_update(5, 1, "{}")))
+    clock.now = 29
+    room.tick(clock.now)
+    assert room.awareness.states() == {5: "{}"}
+    clock.now = 31
+    room.tick(clock.now)
+    assert room.awareness.states() == {}
+    assert protocol.Awareness(aw_update(5, 2, "null")) in b.messages()
+
+
+async def test_half_applied_update_taints_and_rebuild_restores(
+    committer: Committer,
+) -> None:
+    """An update that fails mid-integration triggers a rebuild from the store."""
+    room_doc: Doc = Doc(client_id=9)
+    room_doc.get("text", type=Text).insert(0, "zz")
+    good = room_doc.get_update()
+    bad = find_half_applying(good)
+    async with anyio.create_task_group() as tg:
+        registry = RoomRegistry(committer, tg)
+        room = await registry.acquire("t")
+        peer = FakePeer()
+        room.join(peer)
+        room.receive(peer, protocol.Update(good))
+        with pytest.raises(InvalidUpdate):
+            room.receive(peer, protocol.Update(bad))
+        assert room.rebuilt is not None
+        with anyio.fail_after(5):
+            await room.rebuilt.wait()
+        assert room.doc.get_update() == good_doc_update(good)
+        tg.cancel_scope.cancel()
+
+
+def good_doc_update(update: bytes) -> bytes:
+    doc: Doc = Doc()
+    doc.apply_update(update)
+    return doc.get_update()
+
+
+def find_half_applying(good: bytes) -> bytes:
+    """A seeded mutation that pycrdt half-applies onto ``good``, then refuses."""
+    source: Doc = Doc(client_id=5)
+    source.get("text", type=Text).insert(0, "héllo")
+    source.get("map", type=Map)["k"] = {"x": [1, 2]}
+    array = source.get("array", type=Array)
+    array.append(Text("in"))
+    array.append(3)
+    del source.get("text", type=Text)[1:2]
+    base = source.get_update()
+    rng = random.Random(2)
+    for _ in range(20000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        doc: Doc = Doc()
+        doc.apply_update(good)
+        before = doc.get_update()
+        try:
+            doc.apply_update(bytes(data))
+        except RuntimeError:
+            if doc.get_update() != before:
+                return bytes(data)
+        except ValueError:
+            continue
+    raise AssertionError("no half-applying mutation found")

@@ -249,12 +249,11 @@ class Room:
             return
         policy = self._policy
         entries = decode_update(update)
+        limit = policy.max_state_bytes
         for _, _, state in entries:
-            if len(state) > policy.max_state_bytes:  # chars <= bytes: cheap pre-check
-                if len(state.encode()) > policy.max_state_bytes:
-                    raise TooLarge(
-                        f"awareness state over {policy.max_state_bytes} bytes"
-                    )
+            # A character is at most 4 UTF-8 bytes: encode only when it matters.
+            if len(state) * 4 > limit and len(state.encode()) > limit:
+                raise TooLarge(f"awareness state over {limit} bytes")
         now = self._clock()
         change = self.awareness.apply(update, now)
         presence.ids.update(change.added)

@@ -207,6 +207,9 @@ async def serve(
                 process_request=app.process_request,
                 compression=None,  # per-peer deflate would dominate fan-out cost
                 max_size=settings.max_message_bytes,
+                # Frames buffered per connection before reading pauses; with
+                # large messages allowed, this bounds a connection's memory.
+                max_queue=4,
                 ping_interval=settings.ping_interval or None,
                 ping_timeout=settings.ping_timeout or None,
                 close_timeout=settings.close_timeout,
