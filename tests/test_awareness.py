@@ -8,7 +8,7 @@ import pytest
 from pycrdt import write_message, write_var_uint
 
 from ysyncd.awareness import AwarenessStates, decode_update
-from ysyncd.errors import DecodeError
+from ysyncd.errors import DecodeError, InvalidUpdate
 
 
 def update(*entries: tuple[int, int, object]) -> bytes:
@@ -31,12 +31,16 @@ def test_new_states_are_added_and_encoded_for_joiners() -> None:
 
 
 def test_older_clock_is_ignored_and_newer_replaces() -> None:
-    """Only a newer clock changes a state, as in y-protocols."""
+    """Only a newer clock changes a state, as in y-protocols; stale entries are
+    not accepted (so a client bouncing back what it received is not relayed)."""
     aw = AwarenessStates()
     aw.apply(update((1, 5, {"a": 1})), now=0)
-    assert aw.apply(update((1, 4, {"a": 2})), now=1).updated == []
-    assert aw.apply(update((1, 6, {"a": 3})), now=2).updated == [1]
-    assert aw.states() == {1: '{"a": 3}'}
+    assert aw.apply(update((1, 4, {"a": 2})), now=1).accepted == []
+    assert aw.apply(update((1, 5, {"a": 1})), now=1).accepted == []
+    renewed = aw.apply(update((1, 6, {"a": 3}), (2, 1, {"b": 1})), now=2)
+    assert renewed.accepted == [(1, 6, '{"a": 3}'), (2, 1, '{"b": 1}')]
+    assert renewed.added == [2]
+    assert aw.states() == {1: '{"a": 3}', 2: '{"b": 1}'}
 
 
 def test_null_removes_even_at_the_same_clock() -> None:
@@ -48,15 +52,37 @@ def test_null_removes_even_at_the_same_clock() -> None:
     assert len(aw) == 0
 
 
-def test_remove_bumps_clock_so_clients_accept_it() -> None:
-    """The server's removal carries clock+1, which every client accepts."""
+def test_remove_keeps_the_clock_like_y_protocols() -> None:
+    """The server's removal is a null at the same clock, which clients accept,
+    and the client's next renewal (clock + 1) brings the state back."""
     aw = AwarenessStates()
     aw.apply(update((9, 10, {"x": 1}), (8, 1, {"y": 2})), now=0)
     removal = aw.remove([9, 42], now=1)
     assert removal is not None
-    assert decode_update(removal) == [(9, 11, "null")]
+    assert decode_update(removal) == [(9, 10, "null")]
     assert aw.remove([9], now=2) is None
     assert aw.states() == {8: '{"y": 2}'}
+    assert aw.apply(update((9, 11, {"x": 2})), now=3).added == [9]
+
+
+def test_removed_clients_are_forgotten_after_a_while() -> None:
+    """Tombstones are pruned, so churn of client IDs cannot grow memory forever."""
+    aw = AwarenessStates()
+    aw.apply(update(*((i, 1, {}) for i in range(100))), now=0)
+    aw.remove(range(100), now=1)
+    aw.prune(now=20, age=30)
+    assert aw.encode(range(100), removed=True) is not None
+    aw.prune(now=31, age=30)
+    assert aw.encode(range(100), removed=True) is None
+
+
+@pytest.mark.parametrize("state", ["{not json", "[" * 5000 + "]" * 5000])
+def test_states_that_are_not_json_are_refused(state: str) -> None:
+    """A state a client's JSON.parse would choke on is refused as a whole."""
+    body = state.encode()
+    raw = b"\x01\x01\x01" + write_var_uint(len(body)) + body
+    with pytest.raises(InvalidUpdate):
+        AwarenessStates().apply(raw, now=0)
 
 
 def test_expired_lists_states_not_renewed_in_time() -> None:

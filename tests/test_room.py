@@ -17,7 +17,7 @@ from ysyncd.commits import Committer
 from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
 from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
-from ysyncd.store import MemoryStore
+from ysyncd.store import Compaction, MemoryStore
 
 
 class GatedStore(MemoryStore):
@@ -172,7 +172,7 @@ async def test_leaving_peer_awareness_is_removed_for_everyone(
     room.join(joiner)
     assert protocol.Awareness(update) in joiner.messages()
     room.leave(a)
-    removal = b"\x01\x2a\x02\x04null"
+    removal = b"\x01\x2a\x01\x04null"  # same clock, as y-protocols does
     assert protocol.Awareness(removal) in b.messages()
     assert room.awareness.encode() is None
 
@@ -295,7 +295,7 @@ async def test_stale_awareness_expires_on_tick(committer: Committer) -> None:
     clock.now = 31
     room.tick(clock.now)
     assert room.awareness.states() == {}
-    assert protocol.Awareness(aw_update(5, 2, "null")) in b.messages()
+    assert protocol.Awareness(aw_update(5, 1, "null")) in b.messages()
 
 
 async def test_half_applied_update_taints_and_rebuild_restores(
@@ -353,3 +353,82 @@ def find_half_applying(good: bytes) -> bytes:
         except ValueError:
             continue
     raise AssertionError("no half-applying mutation found")
+
+
+async def test_stale_awareness_bounced_by_clients_is_not_relayed(
+    committer: Committer,
+) -> None:
+    """Clients echo what they receive; same-clock copies must not be relayed."""
+    room = Room("r", Doc(), committer, clock=Clock())
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    room.receive(a, protocol.Awareness(aw_update(1, 1, "{}")))
+    before = len(a.messages())
+    room.receive(b, protocol.Awareness(aw_update(1, 1, "{}")))  # b bounces it
+    assert len(a.messages()) == before
+    assert not room.peers[b].ids
+
+
+async def test_coalesced_removal_still_reaches_peers(committer: Committer) -> None:
+    """A removal merged away by the rate limit is relayed on the next tick."""
+    clock = Clock()
+    room = Room("r", Doc(), committer, clock=clock, policy=AwarenessPolicy(rate=1))
+    a, b = FakePeer(), FakePeer()
+    room.join(a)
+    room.join(b)
+    room.receive(a, protocol.Awareness(aw_update(7, 1, "{}")))
+    room.receive(a, protocol.Awareness(aw_update(7, 2, "{}")))
+    room.receive(a, protocol.Awareness(aw_update(7, 2, "null")))
+    assert protocol.Awareness(aw_update(7, 2, "null")) not in b.messages()
+    room.tick(clock.now)
+    assert protocol.Awareness(aw_update(7, 2, "null")) in b.messages()
+
+
+async def test_churning_client_ids_is_a_policy_violation(committer: Committer) -> None:
+    """Adding and removing fresh client IDs without end closes the peer."""
+    room = Room("r", Doc(), committer, clock=Clock(), policy=AwarenessPolicy(rate=1000))
+    peer = FakePeer()
+    room.join(peer)
+    with pytest.raises(PolicyViolation):
+        for i in range(1, 200):
+            room.receive(peer, protocol.Awareness(aw_update(i, 1, "{}")))
+            room.receive(peer, protocol.Awareness(aw_update(i, 1, "null")))
+
+
+async def test_logs_that_keep_rows_do_not_compact_on_every_batch() -> None:
+    """Rows a compaction must keep do not make each later batch compact again."""
+    store = MemoryStore()
+    committer = Committer(store, batch_max=1, compact_after=10)
+    compactions = 0
+    original = store.compact
+
+    async def counting(room: str) -> Compaction:
+        nonlocal compactions
+        compactions += 1
+        return await original(room)
+
+    store.compact = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(committer.run())
+    committer.track("r", 0)
+    source: Doc = Doc(client_id=3)
+    text = source.get("text", type=Text)
+    later: list[bytes] = []
+    source.observe(lambda event: later.append(event.update))
+    text.insert(0, "x")  # never submitted: every later row depends on it
+    for i in range(30):
+        text.insert(len(text), str(i % 10))
+    owner = FakeOwner()
+    for seq, update in enumerate(later[1:], 1):
+        committer.submit("r", update, owner, seq)
+    await settle(committer)
+    committer.stop()
+    with anyio.fail_after(5):
+        await task
+    assert compactions <= 3
+    assert len((await store.load("r")).updates) >= 29
+
+
+class FakeOwner:
+    def durable(self, seq: int) -> None:
+        self.seq = seq

@@ -5,6 +5,7 @@ Every check compares document content, never row counts alone.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -186,3 +187,30 @@ async def test_sqlite_compaction_shrinks_the_file(tmp_path: Path) -> None:
     finally:
         await store.aclose()
     assert after < before / 2, (before, after)
+
+
+async def test_compaction_keeps_deletes_of_items_not_seen_yet(
+    store: UpdateStore,
+) -> None:
+    """A delete whose target has not arrived survives compaction (no resurrection)."""
+    first: Doc = Doc(client_id=1)
+    first.get("text", type=Text).insert(0, "abc")
+    insert = first.get_update()
+    second: Doc = Doc(client_id=2)
+    second.apply_update(insert)
+    deletes: list[bytes] = []
+    second.observe(lambda event: deletes.append(event.update))
+    del second.get("text", type=Text)[1:2]
+    await store.append([("r", deletes[0])])
+    result = await store.compact("r")
+    assert result.rows_after == 1
+    await store.append([("r", insert)])
+    assert content((await store.load("r")).updates)["text"] == "ac"
+
+
+async def test_concurrent_loads_all_succeed(store: UpdateStore) -> None:
+    """Many rooms loading at once (a reconnect storm) each get their content."""
+    rooms = [f"room-{i}" for i in range(16)]
+    await store.append([(r, u) for r in rooms for u in edits(20, 3)])
+    loaded = await asyncio.gather(*(store.load(r) for r in rooms))
+    assert all(content(s.updates) == content(edits(20, 3)) for s in loaded)

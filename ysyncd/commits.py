@@ -67,8 +67,10 @@ class Committer:
         self._queue_max = queue_max
         self._compact_after = compact_after
         self._queue: deque[_Pending] = deque()
-        # Log rows on disk per room in memory; rooms due for compaction, in order.
+        # Per room in memory: log rows on disk, and rows left by the last
+        # compaction (rows it had to keep); then the rooms due, in order.
         self._log_rows: dict[str, int] = {}
+        self._kept_rows: dict[str, int] = {}
         self._compactions: dict[str, None] = {}
         self._wakeup = asyncio.Event()
         self._room_for_more = asyncio.Event()
@@ -80,6 +82,13 @@ class Committer:
         self._stopped = asyncio.Event()
         #: False while commits are failing; ``/healthz`` reports it.
         self.healthy = True
+        self.stats_commits = 0
+        self.stats_compactions = 0
+
+    @property
+    def committed(self) -> int:
+        """Updates committed since start."""
+        return self._committed
 
     @property
     def backlog(self) -> int:
@@ -107,13 +116,17 @@ class Committer:
     def forget(self, room: str) -> None:
         """Stop counting ``room`` (it left memory)."""
         self._log_rows.pop(room, None)
+        self._kept_rows.pop(room, None)
 
     def _count(self, room: str, added: int) -> None:
         rows = self._log_rows.get(room)
         if rows is None:
             return
-        self._log_rows[room] = rows + added
-        if rows + added >= self._compact_after:
+        rows += added
+        self._log_rows[room] = rows
+        # Count from what the last compaction left, so rows it had to keep
+        # (or a failed attempt) do not make every batch compact again.
+        if rows - self._kept_rows.get(room, 0) >= self._compact_after:
             self._compactions[room] = None
             self._wakeup.set()
 
@@ -160,6 +173,7 @@ class Committer:
         for _ in range(count):
             self._queue.popleft()
         self._committed += count
+        self.stats_commits += 1
         if len(self._queue) < self._queue_max:
             self._room_for_more.set()
         # Tell each owner once, with its highest sequence number in the batch.
@@ -169,7 +183,10 @@ class Committer:
             latest[id(pending.owner)] = pending
             added[pending.room] = added.get(pending.room, 0) + 1
         for pending in latest.values():
-            pending.owner.durable(pending.seq)
+            try:
+                pending.owner.durable(pending.seq)
+            except Exception:  # one room's bug must not stall the others
+                log.exception("durability callback of room %r failed", pending.room)
         for room, rows in added.items():
             self._count(room, rows)
         self._wake_flushers()
@@ -203,20 +220,23 @@ class Committer:
         del self._compactions[room]
         try:
             result: Compaction = await self.store.compact(room)
-        except (OSError, StoreError):
-            # Not retried at once: the next batch for this room asks again.
+        except Exception:  # the log is left as it was; the store rolled back
             log.exception("compaction of room %r failed; its log is kept", room)
+            if room in self._log_rows:
+                self._kept_rows[room] = self._log_rows[room]
             return
+        self.stats_compactions += 1
         if room in self._log_rows:
-            # No append ran meanwhile (same task), so this count is exact.
-            self._log_rows[room] = result.rows_after
+            # No append ran meanwhile (same task), so these counts are exact.
+            self._log_rows[room] = self._kept_rows[room] = result.rows_after
 
     def _wake_flushers(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []
         for target, waiter in self._flush_waiters:
+            if waiter.done():  # its waiter was cancelled
+                continue
             if target <= self._committed:
-                if not waiter.done():
-                    waiter.set_result(None)
+                waiter.set_result(None)
             else:
                 still.append((target, waiter))
         self._flush_waiters = still

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from pycrdt import Doc
 
-from ysyncd.awareness import AwarenessStates, decode_update
+from ysyncd.awareness import AwarenessStates, decode_update, encode_entries
 from ysyncd.commits import Committer
 from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
 from ysyncd.protocol import (
@@ -69,6 +69,10 @@ class PeerLike(Protocol):
         """Tell the peer, in its dialect, that its write was not applied."""
         ...
 
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the connection; further sends are dropped."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AwarenessPolicy:
@@ -84,7 +88,10 @@ class AwarenessPolicy:
 class _Presence:
     """Per-peer awareness bookkeeping."""
 
+    #: Client IDs whose live state came through this peer.
     ids: set[int] = field(default_factory=set)
+    #: How many client IDs this peer has introduced over its life.
+    introduced: int = 0
     tokens: float = 0.0
     refilled: float = 0.0
     window_start: float = 0.0
@@ -111,8 +118,12 @@ class Room:
         self.doc = doc
         self.awareness = AwarenessStates()
         self.peers: dict[PeerLike, _Presence] = {}
+        #: Connections holding this room (joined or about to); see RoomRegistry.
+        self.refs = 0
         #: Set while a rebuild is under way; peers wait on it.
         self.rebuilt: asyncio.Event | None = None
+        #: True once the room gave up (a rebuild failed); its peers must leave.
+        self.failed = False
         self._committer = committer
         self._policy = policy
         self._clock = clock
@@ -163,10 +174,10 @@ class Room:
             case SyncStep1(state_vector):
                 self._answer_step1(peer, state_vector)
             case SyncStep2(update) | Update(update):
-                if peer.read_only:
-                    peer.refuse_write("read-only")
-                else:
+                if not peer.read_only:
                     self.apply(update)
+                elif update != _EMPTY_UPDATE:  # every client's first step 2 is empty
+                    peer.refuse_write("read-only")
             case Awareness(update):
                 self._on_awareness(peer, update)
             case QueryAwareness():
@@ -207,6 +218,14 @@ class Room:
             elif target in self.peers:
                 target.send(frame)
 
+    def fail(self, code: int, reason: str) -> None:
+        """Give up on this room: close every peer and release those waiting."""
+        self.failed = True
+        for peer in list(self.peers):
+            peer.close(code, reason)
+        if self.rebuilt is not None:
+            self.rebuilt.set()
+
     def replace_doc(self, doc: Doc[Any]) -> None:
         """Swap in a rebuilt doc and let waiting peers go on."""
         self.doc = doc
@@ -216,11 +235,13 @@ class Room:
 
     def tick(self, now: float) -> None:
         """Periodic work: expire stale awareness, relay coalesced changes."""
-        expired = self.awareness.expired(now, self._policy.timeout)
+        awareness = self.awareness
+        expired = awareness.expired(now, self._policy.timeout)
         if expired:
             self._remove_awareness(expired)
+        awareness.prune(now, self._policy.timeout)
         if self._coalesced:
-            update = self.awareness.encode(self._coalesced)
+            update = awareness.encode(self._coalesced, removed=True)
             self._coalesced.clear()
             if update is not None:
                 self._broadcast(encode(Awareness(update)))
@@ -248,24 +269,33 @@ class Room:
         if presence is None:
             return
         policy = self._policy
-        entries = decode_update(update)
         limit = policy.max_state_bytes
-        for _, _, state in entries:
+        for _, _, state in decode_update(update):
             # A character is at most 4 UTF-8 bytes: encode only when it matters.
             if len(state) * 4 > limit and len(state.encode()) > limit:
                 raise TooLarge(f"awareness state over {limit} bytes")
         now = self._clock()
         change = self.awareness.apply(update, now)
+        if not change.accepted:
+            return  # stale, e.g. a client bouncing back what it was sent
+        for client_id in change.added:
+            if client_id not in presence.ids:
+                presence.introduced += 1
         presence.ids.update(change.added)
         presence.ids.difference_update(change.removed)
         if len(presence.ids) > policy.max_clients:
             raise PolicyViolation(f"more than {policy.max_clients} awareness clients")
-        if self._within_rate(presence, now):
-            # Relay as received, to the sender too: clients count their own
-            # echoed awareness as proof that the connection is alive.
-            self._broadcast(encode(Awareness(update)))
-        else:
-            self._coalesced.update(client_id for client_id, _, _ in entries)
+        if presence.introduced > 4 * policy.max_clients:
+            raise PolicyViolation("too many awareness clients over time")
+        if not self._within_rate(presence, now):
+            self._coalesced.update(client_id for client_id, _, _ in change.accepted)
+            return
+        # Relay to everyone, the sender too: clients count their own echoed
+        # awareness as proof that the connection is alive. Entries that lost to
+        # newer clocks are left out (clients echo back whatever they receive).
+        if len(change.accepted) < change.entries:
+            update = encode_entries(change.accepted)
+        self._broadcast(encode(Awareness(update)))
 
     def _within_rate(self, presence: _Presence, now: float) -> bool:
         rate = self._policy.rate

@@ -3,7 +3,8 @@
 Loading is single-flight per room: racing first joins all wait for the one
 load, which runs in the registry's own task group so that a joiner giving up
 cannot cancel it for the others. A room enters the registry only fully loaded,
-so nobody ever sees it empty while its history is still being read.
+so nobody ever sees it empty while its history is still being read. Building
+the doc (CPU-bound pycrdt work) runs in a worker thread.
 
 A room whose last peer left is dropped after ``idle_seconds``, and only once
 the committer has flushed everything submitted so far, so a quick reconnect
@@ -12,7 +13,8 @@ during that wait cancels the eviction and reuses the room as it is.
 
 Once a second every room is ticked (awareness expiry, coalesced relays). A
 tainted room (see :mod:`ysyncd.room`) is rebuilt here from the store plus its
-updates still waiting for their commit.
+updates still waiting for their commit; if that keeps failing, its peers are
+closed with 1011 and the room is dropped, so the next join loads it afresh.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from pycrdt import Doc
+from websockets.frames import CloseCode
 
 from ysyncd.commits import Committer
 from ysyncd.errors import StoreError
@@ -36,7 +39,14 @@ __all__ = ["RoomRegistry"]
 log = logging.getLogger("ysyncd.rooms")
 
 _TICK_SECONDS = 1.0
-_REBUILD_ATTEMPTS = 10
+_REBUILD_ATTEMPTS = 5
+
+
+def _build_doc(updates: Sequence[bytes]) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc
 
 
 class RoomRegistry:
@@ -57,7 +67,6 @@ class RoomRegistry:
         self._policy = policy
         self._clock = clock
         self.rooms: dict[str, Room] = {}
-        self._refs: dict[str, int] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._evictions: dict[str, anyio.CancelScope] = {}
 
@@ -72,19 +81,26 @@ class RoomRegistry:
             await anyio.sleep(_TICK_SECONDS)
             now = self._clock()
             for room in list(self.rooms.values()):
-                room.tick(now)
+                try:
+                    room.tick(now)
+                except Exception:  # one room's bug must not stop the others'
+                    log.exception("tick of room %r failed", room.key)
 
     async def acquire(self, key: str) -> Room:
         """The loaded room ``key``, counted as in use until :meth:`release`."""
-        room = self.rooms.get(key)
-        if room is None:
-            loading = self._loading.get(key)
-            if loading is None:
-                loading = asyncio.get_running_loop().create_future()
-                self._loading[key] = loading
-                self._tg.start_soon(self._load, key, loading)
-            room = await asyncio.shield(loading)
-        self._refs[key] = self._refs.get(key, 0) + 1
+        while True:
+            room = self.rooms.get(key)
+            if room is None:
+                loading = self._loading.get(key)
+                if loading is None:
+                    loading = asyncio.get_running_loop().create_future()
+                    self._loading[key] = loading
+                    self._tg.start_soon(self._load, key, loading)
+                room = await asyncio.shield(loading)
+            # While we waited, the room may have been loaded, used and evicted.
+            if self.rooms.get(key) is room:
+                break
+        room.refs += 1
         eviction = self._evictions.pop(key, None)
         if eviction is not None:
             eviction.cancel()
@@ -92,25 +108,24 @@ class RoomRegistry:
 
     def release(self, room: Room) -> None:
         """Stop counting one use; schedule eviction when nobody uses the room."""
-        refs = self._refs[room.key] - 1
-        self._refs[room.key] = refs
-        if refs == 0:
+        room.refs -= 1
+        if room.refs == 0 and self.rooms.get(room.key) is room:
             scope = anyio.CancelScope()
             self._evictions[room.key] = scope
             self._tg.start_soon(self._evict_when_idle, room, scope)
 
-    async def _build_doc(self, key: str, extra: list[bytes]) -> tuple[Doc[Any], int]:
+    async def _read(
+        self, key: str, extra: Sequence[bytes] = ()
+    ) -> tuple[Doc[Any], int]:
         stored = await self._committer.store.load(key)
-        doc: Doc[Any] = Doc()
-        for update in stored.updates + extra:
-            doc.apply_update(update)
+        doc = await anyio.to_thread.run_sync(_build_doc, stored.updates + list(extra))
         return doc, stored.log_rows
 
     async def _load(self, key: str, loading: asyncio.Future[Room]) -> None:
         started = time.perf_counter()
         try:
-            doc, log_rows = await self._build_doc(key, [])
-        except (StoreError, OSError, ValueError, RuntimeError) as exc:
+            doc, log_rows = await self._read(key)
+        except Exception as exc:  # whatever the store or pycrdt raised
             log.exception("loading room %r failed", key)
             del self._loading[key]
             loading.set_exception(StoreError(f"cannot load room {key!r}: {exc}"))
@@ -144,31 +159,34 @@ class RoomRegistry:
         delay = 0.1
         for attempt in range(1, _REBUILD_ATTEMPTS + 1):
             try:
-                doc, _ = await self._build_doc(room.key, room.uncommitted)
-            except (StoreError, OSError, ValueError, RuntimeError):
+                doc, _ = await self._read(room.key, room.uncommitted)
+            except Exception:  # whatever the store or pycrdt raised
                 log.exception(
                     "rebuilding room %r failed (attempt %d)", room.key, attempt
                 )
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay *= 2
                 continue
             room.replace_doc(doc)
             log.info("room %r rebuilt from the store", room.key)
             return
-        log.error("room %r could not be rebuilt; it keeps its current doc", room.key)
-        room.replace_doc(room.doc)
+        # Never serve a doc that may hold half an invalid update: start afresh.
+        log.error("room %r could not be rebuilt; closing its peers", room.key)
+        if self.rooms.get(room.key) is room:
+            del self.rooms[room.key]
+            self._committer.forget(room.key)
+        room.fail(CloseCode.INTERNAL_ERROR, "room reset; reconnect")
 
     async def _evict_when_idle(self, room: Room, scope: anyio.CancelScope) -> None:
-        with scope:
-            await anyio.sleep(self._idle_seconds)
-            await self._committer.flush()
-        if (
-            scope.cancel_called
-            or self._refs.get(room.key)
-            or self.rooms.get(room.key) is not room
-        ):
+        try:
+            with scope:
+                await anyio.sleep(self._idle_seconds)
+                await self._committer.flush()
+        finally:
+            if self._evictions.get(room.key) is scope:
+                del self._evictions[room.key]
+        if scope.cancel_called or room.refs or self.rooms.get(room.key) is not room:
             return
         del self.rooms[room.key]
-        del self._refs[room.key]
         self._committer.forget(room.key)
         log.info("room %r evicted after %.0f s idle", room.key, self._idle_seconds)

@@ -42,6 +42,11 @@ from ysyncd.store import open_store
 
 __all__ = ["Admission", "serve"]
 
+
+class RoomFailed(Exception):
+    """The room gave up (see Room.fail); its peers must reconnect."""
+
+
 log = logging.getLogger("ysyncd.server")
 
 Listening = Callable[[str, int], None]
@@ -80,6 +85,11 @@ class _App:
             connections=lambda: self.connections,
             commit_backlog=lambda: committer.backlog,
         )
+        stats.counter_reads.update(
+            commits=lambda: committer.stats_commits,
+            compactions=lambda: committer.stats_compactions,
+            updates_committed=lambda: committer.committed,
+        )
 
     def _over_limit(self, room: str) -> str | None:
         """The name of the limit this connection would pass, if any."""
@@ -97,13 +107,8 @@ class _App:
     def process_request(
         self, conn: ServerConnection, request: Request
     ) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/healthz":
-            if self.committer.healthy:
-                return conn.respond(http.HTTPStatus.OK, "ok\n")
-            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
-        if path == "/metrics":
-            return conn.respond(http.HTTPStatus.OK, self.stats.render())
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return self._plain_http(conn, request.path.partition("?")[0])
         try:
             room = room_from_path(
                 request.path, max_bytes=self.settings.max_room_name_bytes
@@ -117,6 +122,18 @@ class _App:
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
         self.admissions[conn] = Admission(room)
         return None
+
+    def _plain_http(self, conn: ServerConnection, path: str) -> Response:
+        # Only requests without an upgrade reach these, so rooms may have any name.
+        if path == "/healthz":
+            if self.committer.healthy:
+                return conn.respond(http.HTTPStatus.OK, "ok\n")
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
+        if path == "/metrics":
+            return conn.respond(http.HTTPStatus.OK, self.stats.render())
+        return conn.respond(
+            http.HTTPStatus.UPGRADE_REQUIRED, "a y-websocket client is expected here\n"
+        )
 
     async def handler(self, conn: ServerConnection) -> None:
         admission = self.admissions.pop(conn)
@@ -144,6 +161,9 @@ class _App:
         )
         try:
             await _wait_rebuilt(room)
+            if not self._room_has_space(room):
+                await conn.close(CloseCode.TRY_AGAIN_LATER, "room is full")
+                return
             room.join(peer)
             async for frame in conn:
                 if isinstance(frame, str):
@@ -159,15 +179,27 @@ class _App:
             await conn.close(close_code_for(exc), str(exc)[:120])
         except ConnectionClosedError as exc:
             log.debug("peer %d connection lost: %s", peer.id, exc)
+        except RoomFailed as exc:
+            await conn.close(CloseCode.INTERNAL_ERROR, str(exc))
         finally:
             room.leave(peer)
             self.registry.release(room)
+
+    def _room_has_space(self, room: Room) -> bool:
+        # process_request checks loaded rooms; connections racing into a room
+        # that was still loading are checked here, after the fact (close 1013).
+        if len(room.peers) < self.settings.max_peers_per_room:
+            return True
+        self.stats.limit_hit("max_peers_per_room", f"room {room.key!r} is full")
+        return False
 
 
 async def _wait_rebuilt(room: Room) -> None:
     rebuilt = room.rebuilt
     if rebuilt is not None:
         await rebuilt.wait()
+    if room.failed:
+        raise RoomFailed("room reset; reconnect")
 
 
 async def serve(

@@ -23,6 +23,8 @@ class Stats:
         self.limits: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.gauges: dict[str, Callable[[], float]] = {}
+        #: Counters kept elsewhere (e.g. by the committer), read at scrape time.
+        self.counter_reads: dict[str, Callable[[], int]] = {}
 
     def count(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
@@ -45,7 +47,9 @@ class Stats:
         lines: list[str] = []
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE ysyncd_{name} gauge", f"ysyncd_{name} {read():g}"]
-        for name, value in sorted(self.counters.items()):
+        counters = dict(self.counters)
+        counters.update((name, read()) for name, read in self.counter_reads.items())
+        for name, value in sorted(counters.items()):
             lines += [
                 f"# TYPE ysyncd_{name}_total counter",
                 f"ysyncd_{name}_total {value}",

@@ -4,9 +4,10 @@ Applying the log into a :class:`pycrdt.Doc` and encoding it again is linear;
 ``pycrdt.merge_updates`` is super-linear on long logs (minutes at 100k
 updates), so it is never used here.
 
-``Doc.get_update()`` leaves out structs the doc could not integrate yet
-(their dependencies never arrived). Rows holding such structs are reported so
-the store keeps them beside the snapshot instead of silently dropping them.
+``Doc.get_update()`` leaves out what the doc could not integrate yet: structs
+whose dependencies never arrived, and deletions of items it has not seen. Rows
+holding either are reported so the store keeps them beside the snapshot
+instead of silently dropping them.
 """
 
 from __future__ import annotations
@@ -32,11 +33,26 @@ class Snapshot:
     pending: list[int]
 
 
-def _is_integrated(update: bytes, state: bytes) -> bool:
-    # The diff of an update against the doc's state vector holds no structs
-    # (its first varUint, the number of clients with structs, is 0) exactly
-    # when every struct of the update made it into the doc.
-    return Reader(get_update(update, state)).var_uint() == 0
+def _state_vector(state: bytes) -> dict[int, int]:
+    reader = Reader(state)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+
+
+def _is_integrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bool:
+    # The diff against the doc's state vector is: structs the doc lacks, then
+    # the update's whole delete set. Integrated means no structs, and no
+    # deleted range reaching past what the doc knows of that client.
+    reader = Reader(get_update(update, state))
+    if reader.var_uint() != 0:
+        return False
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        known = clocks.get(client, 0)
+        for _ in range(reader.var_uint()):
+            clock, length = reader.var_uint(), reader.var_uint()
+            if clock + length > known:
+                return False
+    return True
 
 
 def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
@@ -46,19 +62,23 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
         StoreError: a stored update cannot be applied, or the snapshot does not
             decode back to the same document. Nothing should be replaced then.
     """
-    doc: Doc[Any] = Doc()
     try:
+        doc: Doc[Any] = Doc()
         for update in updates:
             doc.apply_update(update)
         snapshot = doc.get_update()
         state = doc.get_state()
-        pending = [i for i, u in enumerate(updates) if not _is_integrated(u, state)]
+        clocks = _state_vector(state)
+        pending = [
+            i for i, u in enumerate(updates) if not _is_integrated(u, state, clocks)
+        ]
+        # The content check: a doc rebuilt from the snapshot must encode to the
+        # very same bytes (items and delete set) and the same state vector.
+        check: Doc[Any] = Doc()
+        check.apply_update(snapshot)
+        same = check.get_update() == snapshot and check.get_state() == state
     except (ValueError, RuntimeError, DecodeError) as exc:
         raise StoreError(f"stored updates do not apply: {exc}") from exc
-    # The content check: a doc rebuilt from the snapshot must encode to the very
-    # same bytes (items and delete set) and the same state vector.
-    check: Doc[Any] = Doc()
-    check.apply_update(snapshot)
-    if check.get_update() != snapshot or check.get_state() != state:
+    if not same:
         raise StoreError("snapshot does not round-trip to the same document")
     return Snapshot(snapshot, pending)

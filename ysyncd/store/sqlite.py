@@ -13,6 +13,7 @@ mode, always see a committed state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 from ysyncd.errors import SchemaError, StoreError
 from ysyncd.store.base import Compaction, StoredRoom
@@ -60,6 +62,8 @@ class SQLiteStore:
         self._reader = reader
         self._epoch = epoch
         self._room_ids: dict[str, int] = {}
+        # The reader runs one read transaction at a time; loads queue here.
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SQLiteStore:
@@ -84,6 +88,13 @@ class SQLiteStore:
         return self._epoch
 
     async def load(self, room: str) -> StoredRoom:
+        try:
+            async with self._read_lock:
+                return await self._load(room)
+        except sqlite3.Error as exc:
+            raise StoreError(f"load of room {room!r} failed: {exc}") from exc
+
+    async def _load(self, room: str) -> StoredRoom:
         db = self._reader
         # One read transaction, so a compaction cannot land between the reads.
         await db.execute("BEGIN")
@@ -100,9 +111,8 @@ class SQLiteStore:
         finally:
             await db.execute("COMMIT")
         updates = [bytes(r[0]) for r in log_rows]
-        return StoredRoom(
-            ([bytes(snapshot)] if snapshot else []) + updates, len(updates)
-        )
+        head = [bytes(snapshot)] if snapshot else []
+        return StoredRoom(head + updates, len(updates))
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         db = self._writer
@@ -132,6 +142,12 @@ class SQLiteStore:
         return room_id
 
     async def compact(self, room: str) -> Compaction:
+        try:
+            return await self._compact(room)
+        except sqlite3.Error as exc:
+            raise StoreError(f"compaction of room {room!r} failed: {exc}") from exc
+
+    async def _compact(self, room: str) -> Compaction:
         db = self._writer
         started = time.perf_counter()
         await db.execute("BEGIN IMMEDIATE")
@@ -151,7 +167,8 @@ class SQLiteStore:
             )
             head = [bytes(old_snapshot)] if old_snapshot else []
             updates = head + [bytes(data) for _, data in rows]
-            snap = build_snapshot(updates)
+            # CPU-bound; a worker thread keeps the event loop responsive.
+            snap = await anyio.to_thread.run_sync(build_snapshot, updates)
             kept = {rows[i - len(head)][0] for i in snap.pending if i >= len(head)}
             await db.execute(
                 "UPDATE rooms SET snapshot = ? WHERE id = ?", (snap.update, room_id)
@@ -168,10 +185,8 @@ class SQLiteStore:
                     (room_id, last_id),
                 )
             await db.commit()
-        except BaseException as exc:
+        except BaseException:
             await db.rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"compaction failed: {exc}") from exc
             raise
         # executescript steps the pragma to completion; execute() frees one page.
         await db.executescript("PRAGMA incremental_vacuum;")

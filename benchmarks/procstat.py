@@ -1,0 +1,37 @@
+"""CPU time and memory of a process, read from ``/proc`` (Linux only)."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid``, all of its threads included.
+
+    The resolution is one clock tick (10 ms with the usual ``CLK_TCK`` of 100),
+    so measured windows must be seconds long.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # Field 2 (comm) is in parentheses and may hold spaces: split after it.
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state), so utime (14) and stime (15) are 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (``VmRSS``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def self_cpu_seconds() -> float:
+    """CPU time of this process: the load generator's own cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,266 @@
+"""results.json (everything, every round) and results.md (the summary table).
+
+Each value in the table is the median over the rounds whose run converged. A
+latency metric has a p50 and a p99 row, each the median over rounds of that
+round's percentile. The ratio column is ysyncd's median over node's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.runner import RunRecord
+from benchmarks.scenarios import Case, Metric
+from benchmarks.scenarios.idle import IdleCase
+from benchmarks.stats import median
+
+__all__ = ["CaseSummary", "summarize", "write_reports"]
+
+RSS_TARGET_ROOMS = 10_000
+RSS_TARGET_MIB = 1024.0
+
+NOTES = """\
+## How to read this
+
+- Each server runs in its own process on 127.0.0.1; every run starts a fresh
+  server. ysyncd runs with its default settings (SQLite, synchronous=FULL,
+  commit before echo) with its database in a temporary directory; the Node
+  reference server (`@y/websocket-server`) keeps everything in memory.
+- Rounds alternate which server goes first. Values are medians over the
+  converged rounds; a latency has a p50 and a p99 row, each the median of the
+  rounds' percentiles. ↓ lower is better, ↑ higher is better.
+- A delivery is one update (or awareness update) received by one client,
+  the sender's own echo included; both servers echo to the sender.
+- Server CPU is utime+stime of the server process from /proc, read at the
+  start and end of each window (10 ms resolution).
+- Every run checks convergence: each client's document, rebuilt from what it
+  sent and received, must equal a fresh reader's, and hold every update sent.
+
+## Fairness caveats
+
+- The load generator is one Python process on the same cores as the server.
+  Its CPU is reported ("load generator CPU"); near 100 % of a core, a result is
+  bounded by the client, not the server (likely in `throughput`).
+- Latency is stamped when the load generator's event loop reads a frame, so it
+  includes the client's own queueing, the same for both servers.
+- The Node server re-encodes every update it relays and answers sync step 1
+  from its in-memory Y.Doc; ysyncd relays the bytes it received. Updates are
+  matched by their first struct id, which both keep.
+- ysyncd pays for durability (an fsync per group commit) before every echo;
+  the Node server persists nothing. Cold join: ysyncd is restarted so its
+  first join loads from SQLite; the Node server cannot be restarted (its
+  rooms would be gone), so its first join is warm.
+- The Node server's idle cost includes a 30 s ping timer per connection and
+  ysyncd's its 20 s pings and a once-a-second tick over every room; a short
+  idle window may or may not catch a ping round.
+"""
+
+
+@dataclass(slots=True)
+class Row:
+    metric: Metric
+    rounds: dict[str, list[float]]
+    medians: dict[str, float | None]
+    ratio: float | None
+
+
+@dataclass(slots=True)
+class CaseSummary:
+    case: Case
+    rows: list[Row]
+    #: server -> (converged runs, runs)
+    converged: dict[str, tuple[int, int]]
+    failures: list[str] = field(default_factory=list)
+
+
+def _ratio(medians: dict[str, float | None]) -> float | None:
+    ours, theirs = medians.get("ysyncd"), medians.get("node")
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def summarize(
+    cases: Sequence[Case], servers: Sequence[str], records: Sequence[RunRecord]
+) -> list[CaseSummary]:
+    summaries: list[CaseSummary] = []
+    for case in cases:
+        runs = [r for r in records if r.case is case]
+        converged = {
+            s: (
+                sum(1 for r in runs if r.server == s and r.ok),
+                sum(1 for r in runs if r.server == s),
+            )
+            for s in servers
+        }
+        rows: list[Row] = []
+        for metric in case.metrics:
+            per_round = {
+                s: [
+                    r.outcome.values[metric.key]
+                    for r in runs
+                    if r.server == s and r.ok and r.outcome is not None
+                    if metric.key in r.outcome.values
+                ]
+                for s in servers
+            }
+            medians = {s: median(v) if v else None for s, v in per_round.items()}
+            rows.append(Row(metric, per_round, medians, _ratio(medians)))
+        failures = [_failure(r) for r in runs if not r.ok]
+        summaries.append(CaseSummary(case, rows, converged, failures))
+    return summaries
+
+
+def _failure(record: RunRecord) -> str:
+    where = f"{record.server} round {record.round}"
+    if record.error is not None:
+        return f"{where}: error: {record.error}"
+    assert record.outcome is not None
+    shown = record.outcome.problems[:5]
+    more = len(record.outcome.problems) - len(shown)
+    tail = f" (and {more} more)" if more > 0 else ""
+    return f"{where}: not converged: {'; '.join(shown)}{tail}"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _table(summaries: Sequence[CaseSummary], servers: Sequence[str]) -> list[str]:
+    with_ratio = "ysyncd" in servers and "node" in servers
+    head = ["scenario", "case", "metric", "unit", *servers]
+    if with_ratio:
+        head.append("ysyncd/node")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for summary in summaries:
+        case = summary.case
+        cells = [case.scenario, case.name, "converged runs", ""]
+        cells += [f"{ok}/{n}" for ok, n in (summary.converged[s] for s in servers)]
+        if with_ratio:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+        for row in summary.rows:
+            arrow = "↑" if row.metric.higher_is_better else "↓"
+            cells = ["", "", f"{row.metric.label} {arrow}", row.metric.unit]
+            cells += [_fmt(row.medians[s]) for s in servers]
+            if with_ratio:
+                cells.append("—" if row.ratio is None else f"{row.ratio:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _targets(summaries: Sequence[CaseSummary]) -> list[str]:
+    lines: list[str] = []
+    for summary in summaries:
+        case = summary.case
+        if not isinstance(case, IdleCase) or case.room_count < RSS_TARGET_ROOMS:
+            continue
+        for row in summary.rows:
+            value = row.medians.get("ysyncd")
+            if row.metric.key == "rss_total_mib" and value is not None:
+                verdict = "met" if value < RSS_TARGET_MIB else "MISSED"
+                lines.append(
+                    f"- ysyncd RSS with {case.room_count:,} idle rooms open:"
+                    f" {value:,.0f} MiB (target under {RSS_TARGET_MIB:,.0f} MiB:"
+                    f" {verdict})."
+                )
+    return lines
+
+
+def render_markdown(
+    facts: dict[str, object],
+    settings: dict[str, object],
+    summaries: Sequence[CaseSummary],
+    servers: Sequence[str],
+) -> str:
+    out = ["# ysyncd benchmark results", ""]
+    out.append(f"`{settings['command']}`, {facts['date']}")
+    out += ["", "## Machine", "", "| fact | value |", "| --- | --- |"]
+    out += [f"| {key} | {value} |" for key, value in facts.items()]
+    out += ["", "## Results", ""]
+    out += _table(summaries, servers)
+    targets = _targets(summaries)
+    if targets:
+        out += ["", *targets]
+    failures = [
+        f"- {s.case.scenario} / {s.case.name}: {f}"
+        for s in summaries
+        for f in s.failures
+    ]
+    if failures:
+        out += ["", "## Failed runs", "", *failures]
+    out += ["", NOTES]
+    return "\n".join(out)
+
+
+def _record_json(record: RunRecord) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "scenario": record.case.scenario,
+        "case": record.case.name,
+        "server": record.server,
+        "round": record.round,
+        "position_in_round": record.position,
+        "seconds": round(record.seconds, 3),
+        "error": record.error,
+    }
+    if record.outcome is not None:
+        data.update(
+            converged=record.outcome.converged,
+            values=record.outcome.values,
+            info=record.outcome.info,
+            problems=record.outcome.problems,
+        )
+    return data
+
+
+def write_reports(
+    out_dir: Path,
+    facts: dict[str, object],
+    settings: dict[str, object],
+    summaries: Sequence[CaseSummary],
+    records: Sequence[RunRecord],
+    servers: Sequence[str],
+) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = [
+        {
+            "scenario": s.case.scenario,
+            "case": s.case.name,
+            "converged": {k: list(v) for k, v in s.converged.items()},
+            "failures": s.failures,
+            "metrics": [
+                {
+                    "key": row.metric.key,
+                    "label": row.metric.label,
+                    "unit": row.metric.unit,
+                    "higher_is_better": row.metric.higher_is_better,
+                    "rounds": row.rounds,
+                    "median": row.medians,
+                    "ratio_ysyncd_node": row.ratio,
+                }
+                for row in s.rows
+            ],
+        }
+        for s in summaries
+    ]
+    document = {
+        "machine": facts,
+        "settings": settings,
+        "cases": cases,
+        "runs": [_record_json(r) for r in records],
+    }
+    json_path = out_dir / "results.json"
+    md_path = out_dir / "results.md"
+    json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    md_path.write_text(render_markdown(facts, settings, summaries, servers))
+    return json_path, md_path
