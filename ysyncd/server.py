@@ -143,8 +143,11 @@ class _App:
             await self._serve_peer(conn, admission)
         finally:
             self.connections -= 1
-            if conn.close_code is not None:
-                self.stats.closed(conn.close_code)
+            # Count the code we sent when we closed; otherwise the peer's.
+            sent = conn.protocol.close_sent
+            code = sent.code if sent is not None else conn.close_code
+            if code is not None:
+                self.stats.closed(code)
 
     async def _serve_peer(self, conn: ServerConnection, admission: Admission) -> None:
         try:
@@ -176,7 +179,8 @@ class _App:
         except ProtocolError as exc:
             self.stats.limit_hit(f"bad_input_{type(exc).__name__}", str(exc))
             log.debug("peer %d in room %r sent bad input: %s", peer.id, room.key, exc)
-            await conn.close(close_code_for(exc), str(exc)[:120])
+            room.leave(peer)  # at once: its cursor must not outlive the verdict
+            await _close_draining(conn, close_code_for(exc), str(exc))
         except ConnectionClosedError as exc:
             log.debug("peer %d connection lost: %s", peer.id, exc)
         except RoomFailed as exc:
@@ -192,6 +196,23 @@ class _App:
             return True
         self.stats.limit_hit("max_peers_per_room", f"room {room.key!r} is full")
         return False
+
+
+async def _close_draining(conn: ServerConnection, code: int, reason: str) -> None:
+    """Close, discarding frames the peer had queued meanwhile.
+
+    Reading pauses while frames wait unread (``max_queue``), so without the
+    draining the peer's close reply would sit unread until the close timeout.
+    """
+    closing = asyncio.ensure_future(
+        conn.close(code, reason.encode()[:120].decode(errors="ignore"))
+    )
+    try:
+        async for _ in conn:
+            continue
+    except ConnectionClosedError:
+        log.debug("connection lost while closing it with %d", code)
+    await closing
 
 
 async def _wait_rebuilt(room: Room) -> None:
