@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -99,10 +98,29 @@ class _Presence:
 
 
 Tainted = Callable[["Room"], None]
+_Held = tuple[int, PeerLike | None, bytes, bytes | None]
 
 
 class Room:
     """The in-memory state of one room and its fan-out."""
+
+    __slots__ = (
+        "_applied",
+        "_clock",
+        "_coalesced",
+        "_committer",
+        "_durable",
+        "_held",
+        "_on_taint",
+        "_policy",
+        "awareness",
+        "doc",
+        "failed",
+        "key",
+        "peers",
+        "rebuilt",
+        "refs",
+    )
 
     def __init__(
         self,
@@ -130,12 +148,13 @@ class Room:
         self._on_taint = on_taint
         self._applied = 0
         self._durable = 0
-        # (seq, target or None for everyone, frame): sent once seq is durable.
-        self._held: deque[tuple[int, PeerLike | None, bytes]] = deque()
-        # Updates applied but not yet durable, for a rebuild.
-        self._uncommitted: deque[tuple[int, bytes]] = deque()
+        # Frames waiting for durability, in order: (seq, target or None for
+        # everyone, frame, update). Broadcasts carry their update, so this is
+        # also the list of updates not yet durable (for a rebuild). A list, not
+        # a deque: it is short, and an idle room should cost little memory.
+        self._held: list[_Held] = []
         # Awareness client IDs changed but not relayed yet (over-rate peers).
-        self._coalesced: set[int] = set()
+        self._coalesced: set[int] | None = None
 
     @property
     def settled(self) -> bool:
@@ -145,7 +164,7 @@ class Room:
     @property
     def uncommitted(self) -> list[bytes]:
         """Updates applied to the doc and not yet durable, in order."""
-        return [update for _, update in self._uncommitted]
+        return [held[3] for held in self._held if held[3] is not None]
 
     def join(self, peer: PeerLike) -> None:
         """Greet ``peer`` with our state vector and all awareness, then add it."""
@@ -200,23 +219,23 @@ class Room:
             raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
         self._applied += 1
         seq = self._applied
-        self._held.append((seq, None, encode_update(update)))
-        self._uncommitted.append((seq, update))
+        self._held.append((seq, None, encode_update(update), update))
         self._committer.submit(self.key, update, self, seq)
 
     def durable(self, seq: int) -> None:
         """Called by the committer: updates up to ``seq`` are on disk."""
         self._durable = seq
-        uncommitted = self._uncommitted
-        while uncommitted and uncommitted[0][0] <= seq:
-            uncommitted.popleft()
         held = self._held
-        while held and held[0][0] <= seq:
-            _, target, frame = held.popleft()
+        released = 0
+        for held_seq, target, frame, _ in held:
+            if held_seq > seq:
+                break
+            released += 1
             if target is None:
                 self._broadcast(frame)
             elif target in self.peers:
                 target.send(frame)
+        del held[:released]
 
     def fail(self, code: int, reason: str) -> None:
         """Give up on this room: close every peer and release those waiting."""
@@ -242,7 +261,7 @@ class Room:
         awareness.prune(now, self._policy.timeout)
         if self._coalesced:
             update = awareness.encode(self._coalesced, removed=True)
-            self._coalesced.clear()
+            self._coalesced = None
             if update is not None:
                 self._broadcast(encode(Awareness(update)))
 
@@ -262,7 +281,7 @@ class Room:
         if self.settled:
             peer.send(frame)
         else:
-            self._held.append((self._applied, peer, frame))
+            self._held.append((self._applied, peer, frame, None))
 
     def _on_awareness(self, peer: PeerLike, update: bytes) -> None:
         presence = self.peers.get(peer)
@@ -288,6 +307,8 @@ class Room:
         if presence.introduced > 4 * policy.max_clients:
             raise PolicyViolation("too many awareness clients over time")
         if not self._within_rate(presence, now):
+            if self._coalesced is None:
+                self._coalesced = set()
             self._coalesced.update(client_id for client_id, _, _ in change.accepted)
             return
         # Relay to everyone, the sender too: clients count their own echoed
@@ -316,7 +337,8 @@ class Room:
     def _remove_awareness(self, client_ids: set[int] | list[int]) -> None:
         removal = self.awareness.remove(client_ids, self._clock())
         if removal is not None:
-            self._coalesced.difference_update(client_ids)
+            if self._coalesced:
+                self._coalesced.difference_update(client_ids)
             self._broadcast(encode(Awareness(removal)))
 
     def _broadcast(self, frame: bytes) -> None:

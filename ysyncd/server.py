@@ -137,6 +137,11 @@ class _App:
 
     async def handler(self, conn: ServerConnection) -> None:
         admission = self.admissions.pop(conn)
+        # The handshake is over and the admission holds what we needed from it;
+        # emptying the kept headers saves a few KiB per idle connection.
+        for message in (conn.request, conn.response):
+            if message is not None:
+                message.headers.clear()
         self.connections += 1
         self.stats.count("connections")
         try:
@@ -160,7 +165,7 @@ class _App:
             admission.dialect,
             read_only=admission.read_only,
             send_buffer_bytes=self.settings.send_buffer_bytes,
-            on_slow=lambda: self.stats.limit_hit("send_buffer_bytes", "slow peer"),
+            on_slow=self._on_slow_peer,
         )
         try:
             await _wait_rebuilt(room)
@@ -188,6 +193,9 @@ class _App:
         finally:
             room.leave(peer)
             self.registry.release(room)
+
+    def _on_slow_peer(self) -> None:
+        self.stats.limit_hit("send_buffer_bytes", "a peer fell behind")
 
     def _room_has_space(self, room: Room) -> bool:
         # process_request checks loaded rooms; connections racing into a room
