@@ -1,11 +1,17 @@
 """Peer: one WebSocket connection in a room.
 
-Sending never blocks. Frames go straight to the connection's transport buffer
-(websockets' ``broadcast`` does the write); that buffer, in bytes, is the
-peer's send queue. A peer whose buffer passes ``send_buffer_bytes`` has fallen
-behind and is closed with 1013 (try again later): the client reconnects and
-resyncs, and nobody else waits for it. This is websockets' own advice for
-fan-out (see its ``broadcast`` documentation).
+Sending never blocks. Frames go straight to the connection's transport
+buffer; that buffer, in bytes, is the peer's send queue. A peer whose buffer
+passes ``send_buffer_bytes`` has fallen behind and is closed with 1013 (try
+again later): the client reconnects and resyncs, and nobody else waits for it.
+This is websockets' own advice for fan-out (see its ``broadcast`` docs).
+
+Fan-out serialises the WebSocket frame once (with websockets' own ``Frame``)
+and writes the same bytes to every peer's transport. Server frames are not
+masked, and ysyncd never fragments nor compresses, so the bytes are identical
+for every peer; websockets' per-connection ``send`` path would rebuild them
+for each one. Its control frames (ping, pong, close) still go through
+websockets, which only ever writes whole frames, so the stream stays valid.
 
 Errors from a peer are mapped to close codes here, in one place.
 """
@@ -15,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.frames import CloseCode
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import State
 
 from ysyncd.dialect import Dialect
 from ysyncd.errors import (
@@ -30,7 +37,7 @@ from ysyncd.errors import (
     UnsupportedFrame,
 )
 
-__all__ = ["Peer", "close_code_for"]
+__all__ = ["Peer", "close_code_for", "fan_out"]
 
 log = logging.getLogger("ysyncd.peer")
 
@@ -48,6 +55,18 @@ def close_code_for(exc: ProtocolError) -> CloseCode:
     if isinstance(exc, PolicyViolation):
         return CloseCode.POLICY_VIOLATION  # 1008
     return CloseCode.PROTOCOL_ERROR  # 1002: malformed frame
+
+
+def wire_frame(message: bytes) -> bytes:
+    """``message`` as one unmasked binary WebSocket frame, ready for a transport."""
+    return Frame(Opcode.BINARY, message).serialize(mask=False)
+
+
+def fan_out(peers: Iterable[Peer], message: bytes) -> None:
+    """Send ``message`` to every peer, serialising its frame only once."""
+    wire = wire_frame(message)
+    for peer in peers:
+        peer.write(wire)
 
 
 class Peer:
@@ -75,15 +94,22 @@ class Peer:
     def __repr__(self) -> str:
         return f"<Peer {self.id}>"
 
-    def send(self, frame: bytes) -> None:
-        if self._closing is not None:
+    def send(self, message: bytes) -> None:
+        """Send one message (the payload of one binary frame)."""
+        self.write(wire_frame(message))
+
+    def write(self, wire: bytes) -> None:
+        """Write an already serialised frame, unless the peer is closing or slow."""
+        conn = self.conn
+        if self._closing is not None or conn.protocol.state is not State.OPEN:
             return
-        if self.conn.transport.get_write_buffer_size() > self._limit:
+        transport = conn.transport
+        if transport.get_write_buffer_size() > self._limit:
             if self._on_slow is not None:
                 self._on_slow()
             self.close(CloseCode.TRY_AGAIN_LATER, "too slow: send buffer full")
             return
-        broadcast((self.conn,), frame)
+        transport.write(wire)
 
     def refuse_write(self, reason: str) -> None:
         frame = self.dialect.refusal(reason)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,6 +98,16 @@ class _Presence:
 
 
 Tainted = Callable[["Room"], None]
+#: Sends one message to many peers; transports can serialise it once.
+FanOut = Callable[[Iterable[Any], bytes], None]
+
+
+def send_each(peers: Iterable[PeerLike], message: bytes) -> None:
+    """The plain fan-out: one ``send`` per peer."""
+    for peer in peers:
+        peer.send(message)
+
+
 _Held = tuple[int, PeerLike | None, bytes, bytes | None]
 
 
@@ -110,6 +120,7 @@ class Room:
         "_coalesced",
         "_committer",
         "_durable",
+        "_fan_out",
         "_held",
         "_on_taint",
         "_policy",
@@ -131,6 +142,7 @@ class Room:
         policy: AwarenessPolicy = AwarenessPolicy(),
         clock: Callable[[], float] = time.monotonic,
         on_taint: Tainted | None = None,
+        fan_out: FanOut = send_each,
     ) -> None:
         self.key = key
         self.doc = doc
@@ -146,6 +158,7 @@ class Room:
         self._policy = policy
         self._clock = clock
         self._on_taint = on_taint
+        self._fan_out = fan_out
         self._applied = 0
         self._durable = 0
         # Frames waiting for durability, in order: (seq, target or None for
@@ -342,5 +355,5 @@ class Room:
             self._broadcast(encode(Awareness(removal)))
 
     def _broadcast(self, frame: bytes) -> None:
-        for peer in self.peers:
-            peer.send(frame)
+        if self.peers:
+            self._fan_out(self.peers, frame)

@@ -32,7 +32,7 @@ from websockets.frames import CloseCode
 
 from ysyncd.commits import Committer
 from ysyncd.errors import StoreError
-from ysyncd.room import AwarenessPolicy, Room
+from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
 
 __all__ = ["RoomRegistry"]
 
@@ -60,8 +60,10 @@ class RoomRegistry:
         idle_seconds: float = 30.0,
         policy: AwarenessPolicy = AwarenessPolicy(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.monotonic,
+        fan_out: FanOut = send_each,
     ) -> None:
         self._committer = committer
+        self._fan_out = fan_out
         self._tg = task_group
         self._idle_seconds = idle_seconds
         self._policy = policy
@@ -138,6 +140,7 @@ class RoomRegistry:
             policy=self._policy,
             clock=self._clock,
             on_taint=self._rebuild_soon,
+            fan_out=self._fan_out,
         )
         del self._loading[key]
         self.rooms[key] = room

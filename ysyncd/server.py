@@ -34,7 +34,7 @@ from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
 from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError, UnsupportedFrame
 from ysyncd.names import room_from_path
-from ysyncd.peer import Peer, close_code_for
+from ysyncd.peer import Peer, close_code_for, fan_out
 from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
@@ -258,6 +258,7 @@ async def serve(
                     rate=settings.awareness_rate,
                     max_clients=settings.max_awareness_clients,
                 ),
+                fan_out=fan_out,
             )
             tg.start_soon(registry.run_ticks)
             app = _App(settings, registry, committer, Stats())
