@@ -1,13 +1,15 @@
 """``python -m benchmarks``: ysyncd against the Node reference server.
 
 Exit codes: 0 when every run converged, 1 when a run failed or did not
-converge, 2 when the benchmark could not start (Node.js or npm missing).
+converge, 2 when the benchmark could not start (Node.js or npm missing), 130
+when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shlex
 import sys
@@ -127,8 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ysyncd-bench-") as workdir:
         ctx = RunContext(Path(workdir), _log)
-        records = asyncio.run(run_all(cases, specs, args.rounds, ctx))
+        try:
+            records = asyncio.run(run_all(cases, specs, args.rounds, ctx))
+        except KeyboardInterrupt:
+            _log("interrupted; the servers were stopped, no results written")
+            return 130
     settings["wall_s"] = round(time.monotonic() - started, 1)
+    settings["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     summaries = summarize(cases, args.servers, records)
     json_path, md_path = write_reports(
         args.out, facts, settings, summaries, records, args.servers

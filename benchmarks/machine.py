@@ -99,6 +99,8 @@ def machine_facts() -> dict[str, object]:
         "memory_gib": _memory_gib(),
         "kernel": platform.release(),
         "fd_limit": soft,
+        # Other work on the machine skews every number: see it here.
+        "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "tmp_dir": tmp,
         "tmp_filesystem": _filesystem(os.path.realpath(tmp)),
         "python": platform.python_version(),

@@ -16,7 +16,7 @@ import gc
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmarks.scenarios import Case, Outcome, RunContext
 from benchmarks.servers import ServerSpec
@@ -34,6 +34,9 @@ class RunRecord:
     seconds: float
     outcome: Outcome | None = None
     error: str | None = None
+    #: Warning and error lines the server printed during this run.
+    server_alerts: list[str] = field(default_factory=list)
+    server_alert_count: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,6 +83,8 @@ async def _run_one(
     case: Case, spec: ServerSpec, round_index: int, position: int, ctx: RunContext
 ) -> RunRecord:
     gc.collect()
+    spec.alerts.clear()
+    spec.alert_count = 0
     started = time.monotonic()
     record = RunRecord(case, spec.name, round_index + 1, position, 0.0)
     deadline = asyncio.timeout(case.timeout_s)
@@ -97,4 +102,6 @@ async def _run_one(
             record.error = "".join(traceback.format_exception_only(shown)).strip()
             ctx.log("".join(traceback.format_exception(exc)))
     record.seconds = time.monotonic() - started
+    record.server_alerts = list(spec.alerts)
+    record.server_alert_count = spec.alert_count
     return record

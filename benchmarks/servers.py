@@ -46,6 +46,10 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 25.0
 NPM_TIMEOUT_S = 600.0
 _LOG_LINES = 200
+_ALERTS_KEPT = 100
+# Lines worth reporting: Python logging levels (ysyncd) and errors that the Node
+# server prints with console.error.
+_ALERT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|Error")
 _LINE_LIMIT = 1 << 20
 # Settings that would change what we compare: a user's YSYNCD_* variables would
 # replace ysyncd's defaults, and these would give the Node server persistence,
@@ -93,7 +97,8 @@ class _Tail:
     """Drains one pipe of the child (so it never blocks) and keeps its last lines.
 
     With a pattern, ``ready`` is set at the first line that matches it, or at
-    end of file (then ``match`` stays None).
+    end of file (then ``match`` stays None). Warnings and errors are kept apart
+    (the first few, and how many there were), to be reported.
     """
 
     def __init__(
@@ -102,15 +107,24 @@ class _Tail:
         self.lines: deque[str] = deque(maxlen=_LOG_LINES)
         self.match: re.Match[str] | None = None
         self.ready = asyncio.Event()
+        self.alerts: list[str] = []
+        self.alert_count = 0
         self._task = asyncio.create_task(self._drain(stream, pattern))
 
     async def _drain(
         self, stream: asyncio.StreamReader | None, pattern: re.Pattern[str] | None
     ) -> None:
+        in_alert = False
         try:
             while stream is not None and (line := await stream.readline()):
                 text = line.decode(errors="replace").rstrip()
                 self.lines.append(text)
+                # An indented line after an alert is part of its traceback.
+                in_alert = bool(_ALERT.search(text)) or (in_alert and text[:1] == " ")
+                if in_alert:
+                    self.alert_count += 1
+                    if len(self.alerts) < _ALERTS_KEPT:
+                        self.alerts.append(text)
                 if pattern is not None and self.match is None:
                     self.match = pattern.search(text)
                     if self.match is not None:
@@ -174,6 +188,11 @@ class ServerSpec(ABC):
     #: True when the server stores rooms on disk and keeps them across a restart.
     durable: bool
 
+    def __init__(self) -> None:
+        #: Warning and error lines of every server started since the last clear.
+        self.alerts: list[str] = []
+        self.alert_count = 0
+
     @abstractmethod
     def _command(self, data_dir: Path) -> tuple[list[str], dict[str, str], int]:
         """argv, environment, and the port (0 when the server picks and prints it)."""
@@ -215,6 +234,9 @@ class ServerSpec(ABC):
             await _stop(proc)
             await out.close()
             await err.close()
+            for tail in (out, err):
+                self.alerts += tail.alerts
+                self.alert_count += tail.alert_count
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

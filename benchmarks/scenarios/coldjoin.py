@@ -88,9 +88,9 @@ class ColdJoinCase(Case):
     async def _write(
         self, server: RunningServer, past: History, outcome: Outcome
     ) -> None:
-        ctx_label = f"{self.room} writer"
+        label = f"{self.room} writer"
         writer = await Client.connect(
-            server.url, self.room, past.client_id, label=ctx_label, track_echo=True
+            server.url, self.room, past.client_id, label=label, track_echo=True
         )
         try:
             started = time.perf_counter_ns()
@@ -102,14 +102,13 @@ class ColdJoinCase(Case):
                 lambda: writer.echoes >= total or writer.problem() is not None,
                 ECHO_TIMEOUT_S,
             ):
-                raise LoadgenError(f"{ctx_label}: {total - writer.echoes} not echoed")
+                raise LoadgenError(f"{label}: {total - writer.echoes} not echoed")
             elapsed = (time.perf_counter_ns() - started) / 1e9
             outcome.values["ingest_per_s"] = total / elapsed
             state = client_state(writer)
             if state != past.expected:
                 outcome.problems.append(
-                    f"{ctx_label}: {state.describe()}, expected"
-                    f" {past.expected.describe()}"
+                    f"{label}: {state.describe()}, expected {past.expected.describe()}"
                 )
             if (problem := writer.problem()) is not None:
                 outcome.problems.append(problem)

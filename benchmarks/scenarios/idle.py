@@ -69,8 +69,8 @@ class IdleCase(Case):
 
     @property
     def name(self) -> str:
-        rounds = "" if self.rounds is None else f" ({self.rounds} round)"
-        return f"{self.room_count:,} rooms x 1 client{rounds}"
+        rounds = "" if self.rounds is None else f", {self.rounds} round"
+        return f"{self.room_count:,} rooms x 1 client, {self.idle_s:g} s idle{rounds}"
 
     async def run(self, spec: ServerSpec, ctx: RunContext) -> Outcome:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -23,7 +23,7 @@ from typing import ClassVar
 from benchmarks.convergence import check_room
 from benchmarks.loadgen import Client, abort_all, connect_many, wait_until
 from benchmarks.measure import measure_during
-from benchmarks.payloads import Framed, text_updates, unique_client_ids
+from benchmarks.payloads import Framed, history, unique_client_ids
 from benchmarks.scenarios.base import (
     DRAIN_TIMEOUT_S,
     Case,
@@ -84,7 +84,7 @@ class ThroughputCase(Case):
     async def run(self, spec: ServerSpec, ctx: RunContext) -> Outcome:
         rng = random.Random("throughput")
         ids = unique_client_ids(rng, self.senders + self.receivers)
-        plans = [text_updates(cid, self.plan_size) for cid in ids[: self.senders]]
+        plans = [history(cid, self.plan_size).updates for cid in ids[: self.senders]]
         async with spec.start(ctx.fresh_dir(spec.name)) as server:
             senders, _ = await connect_many(
                 server.url,

@@ -33,6 +33,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 log = logging.getLogger("ysyncd.store")
 
 SCHEMA_VERSION = 1
+_ROOM_ID_CACHE = 65_536
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -132,6 +133,8 @@ class SQLiteStore:
     async def _room_id(self, room: str) -> int:
         room_id = self._room_ids.get(room)
         if room_id is None:
+            if len(self._room_ids) >= _ROOM_ID_CACHE:
+                self._room_ids.clear()  # a cache: rooms come and go for ever
             rows = await self._writer.execute_fetchall(
                 "INSERT INTO rooms (name) VALUES (?) "
                 "ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
