@@ -214,3 +214,20 @@ async def test_concurrent_loads_all_succeed(store: UpdateStore) -> None:
     await store.append([(r, u) for r in rooms for u in edits(20, 3)])
     loaded = await asyncio.gather(*(store.load(r) for r in rooms))
     assert all(content(s.updates) == content(edits(20, 3)) for s in loaded)
+
+
+async def test_compaction_of_a_room_with_many_writers(store: UpdateStore) -> None:
+    """Many clients' interleaved edits compact to the same document."""
+    docs: list[Doc] = [Doc(client_id=100 + i) for i in range(40)]
+    log: list[bytes] = []
+    for doc in docs:
+        doc.observe(lambda event: log.append(event.update))
+    for round_ in range(5):
+        for i, doc in enumerate(docs):
+            doc.get("text", type=Text).insert(0, f"{i}.{round_};")
+            doc.get("map", type=Map)[f"w{i}"] = round_
+    await store.append([("many", u) for u in log])
+    result = await store.compact("many")
+    assert result.rows_before == len(log)
+    assert result.rows_after == 0
+    assert content((await store.load("many")).updates) == content(log)
