@@ -100,6 +100,10 @@ class AwarenessStates:
     def __len__(self) -> int:
         return sum(1 for e in self._entries.values() if e.state is not None)
 
+    def __bool__(self) -> bool:
+        """True while any client is known, live or recently removed."""
+        return bool(self._entries)
+
     def states(self) -> dict[int, str]:
         """The live states as ``{client_id: json_text}``."""
         entries = self._entries.items()

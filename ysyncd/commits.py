@@ -8,7 +8,9 @@ only then do they echo the updates. So an echo always means "on disk", and the
 fsync cost is shared by everything that arrived together.
 
 The committer also counts each room's log rows and compacts a room once its log
-passes ``compact_after``. Compactions run in the same task, between batches, so
+passes ``compact_after`` rows, or more for a big document (see
+:data:`ROW_COST_BYTES`), so that compaction work stays linear in what is
+written. Compactions run in the same task, between batches, so
 the store never sees two writers and the count is exact.
 
 A failing commit is retried with backoff and never dropped: the rooms simply
@@ -32,6 +34,13 @@ from ysyncd.store import Compaction, UpdateStore
 __all__ = ["Committer", "Durable"]
 
 log = logging.getLogger("ysyncd.commits")
+
+#: Applying one log row costs about as much as applying this many snapshot
+#: bytes (measured with pycrdt 0.14). A log is compacted once replaying it would
+#: cost at least half as much as applying the snapshot, which bounds a cold
+#: load to about twice the snapshot's cost and each byte's compaction work to
+#: a constant number of rebuilds.
+ROW_COST_BYTES = 400
 
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
@@ -67,10 +76,11 @@ class Committer:
         self._queue_max = queue_max
         self._compact_after = compact_after
         self._queue: deque[_Pending] = deque()
-        # Per room in memory: log rows on disk, and rows left by the last
-        # compaction (rows it had to keep); then the rooms due, in order.
+        # Per room in memory: log rows on disk, rows left by the last compaction
+        # (rows it had to keep), rows that make it due; then the rooms due.
         self._log_rows: dict[str, int] = {}
         self._kept_rows: dict[str, int] = {}
+        self._due_rows: dict[str, int] = {}
         self._compactions: dict[str, None] = {}
         self._wakeup = asyncio.Event()
         self._room_for_more = asyncio.Event()
@@ -108,15 +118,21 @@ class Committer:
         if not self._room_for_more.is_set():
             await self._room_for_more.wait()
 
-    def track(self, room: str, log_rows: int) -> None:
+    def track(self, room: str, log_rows: int, snapshot_bytes: int = 0) -> None:
         """Start counting ``room``'s log rows (it was just loaded with this many)."""
         self._log_rows[room] = log_rows
+        self._set_due(room, snapshot_bytes)
         self._count(room, 0)
 
     def forget(self, room: str) -> None:
         """Stop counting ``room`` (it left memory)."""
         self._log_rows.pop(room, None)
         self._kept_rows.pop(room, None)
+        self._due_rows.pop(room, None)
+
+    def _set_due(self, room: str, snapshot_bytes: int) -> None:
+        rows = snapshot_bytes // (2 * ROW_COST_BYTES)
+        self._due_rows[room] = max(self._compact_after, rows)
 
     def _count(self, room: str, added: int) -> None:
         rows = self._log_rows.get(room)
@@ -126,7 +142,7 @@ class Committer:
         self._log_rows[room] = rows
         # Count from what the last compaction left, so rows it had to keep
         # (or a failed attempt) do not make every batch compact again.
-        if rows - self._kept_rows.get(room, 0) >= self._compact_after:
+        if rows - self._kept_rows.get(room, 0) >= self._due_rows[room]:
             self._compactions[room] = None
             self._wakeup.set()
 
@@ -229,6 +245,7 @@ class Committer:
         if room in self._log_rows:
             # No append ran meanwhile (same task), so these counts are exact.
             self._log_rows[room] = self._kept_rows[room] = result.rows_after
+            self._set_due(room, result.bytes_after)
 
     def _wake_flushers(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

@@ -74,6 +74,7 @@ class Settings:
         4096,
         "Most updates committed in one SQLite transaction (group commit).",
         minimum=1,
+        maximum=8192,
     )
     commit_queue_max: int = _setting(
         65536,

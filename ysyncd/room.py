@@ -265,6 +265,11 @@ class Room:
             self.rebuilt.set()
             self.rebuilt = None
 
+    @property
+    def needs_tick(self) -> bool:
+        """Whether :meth:`tick` has anything to do (most idle rooms: no)."""
+        return bool(self.awareness) or bool(self._coalesced)
+
     def tick(self, now: float) -> None:
         """Periodic work: expire stale awareness, relay coalesced changes."""
         awareness = self.awareness

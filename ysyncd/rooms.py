@@ -33,6 +33,7 @@ from websockets.frames import CloseCode
 from ysyncd.commits import Committer
 from ysyncd.errors import StoreError
 from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
+from ysyncd.store import StoredRoom
 
 __all__ = ["RoomRegistry"]
 
@@ -40,6 +41,8 @@ log = logging.getLogger("ysyncd.rooms")
 
 _TICK_SECONDS = 1.0
 _REBUILD_ATTEMPTS = 5
+# Below this, applying a room's history takes less than a thread hop costs.
+_INLINE_BUILD_BYTES = 64 * 1024
 
 
 def _build_doc(updates: Sequence[bytes]) -> Doc[Any]:
@@ -82,7 +85,7 @@ class RoomRegistry:
         while True:
             await anyio.sleep(_TICK_SECONDS)
             now = self._clock()
-            for room in list(self.rooms.values()):
+            for room in [r for r in self.rooms.values() if r.needs_tick]:
                 try:
                     room.tick(now)
                 except Exception:  # one room's bug must not stop the others'
@@ -118,15 +121,18 @@ class RoomRegistry:
 
     async def _read(
         self, key: str, extra: Sequence[bytes] = ()
-    ) -> tuple[Doc[Any], int]:
+    ) -> tuple[Doc[Any], StoredRoom]:
         stored = await self._committer.store.load(key)
-        doc = await anyio.to_thread.run_sync(_build_doc, stored.updates + list(extra))
-        return doc, stored.log_rows
+        updates = stored.updates + list(extra)
+        if sum(map(len, updates)) < _INLINE_BUILD_BYTES:
+            return _build_doc(updates), stored
+        # Big histories are CPU-bound to apply; keep the event loop responsive.
+        return await anyio.to_thread.run_sync(_build_doc, updates), stored
 
     async def _load(self, key: str, loading: asyncio.Future[Room]) -> None:
         started = time.perf_counter()
         try:
-            doc, log_rows = await self._read(key)
+            doc, stored = await self._read(key)
         except Exception as exc:  # whatever the store or pycrdt raised
             log.exception("loading room %r failed", key)
             del self._loading[key]
@@ -144,12 +150,12 @@ class RoomRegistry:
         )
         del self._loading[key]
         self.rooms[key] = room
-        self._committer.track(key, log_rows)
+        self._committer.track(key, stored.log_rows, stored.snapshot_bytes)
         loading.set_result(room)
         log.info(
             "room %r loaded: %d stored rows in %.1f ms",
             key,
-            log_rows,
+            stored.log_rows,
             (time.perf_counter() - started) * 1000,
         )
 

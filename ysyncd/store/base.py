@@ -30,6 +30,8 @@ class StoredRoom:
     updates: list[bytes]
     #: How many log rows follow the snapshot.
     log_rows: int
+    #: Size of the snapshot (0 without one).
+    snapshot_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ class MemoryStore:
     async def load(self, room: str) -> StoredRoom:
         log = list(self._logs.get(room, ()))
         snapshot = self._snapshots.get(room)
-        return StoredRoom(([snapshot] if snapshot else []) + log, len(log))
+        head = [snapshot] if snapshot else []
+        return StoredRoom(head + log, len(log), len(snapshot or b""))
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         for room, update in batch:

@@ -9,11 +9,17 @@ Layout (schema version in ``PRAGMA user_version``)::
 ``updates.id`` is the commit order; there is no wall-clock ordering. Loads use a
 second, read-only connection, so they never wait behind a commit and, in WAL
 mode, always see a committed state.
+
+Both connections run in autocommit mode, and the hot paths are one statement
+each, so each costs one hop to aiosqlite's thread: an append is a single
+multi-row ``INSERT`` (one statement, so one atomic transaction), and a load is
+a single ``SELECT`` (so it sees one consistent snapshot). Compaction and
+migrations open explicit transactions.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -28,12 +34,30 @@ from ysyncd.errors import SchemaError, StoreError
 from ysyncd.store.base import Compaction, StoredRoom
 from ysyncd.store.snapshot import build_snapshot
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["MAX_BATCH", "SCHEMA_VERSION", "SQLiteStore"]
 
 log = logging.getLogger("ysyncd.store")
 
 SCHEMA_VERSION = 1
 _ROOM_ID_CACHE = 65_536
+#: Most updates in one append: two bound values a row, and SQLite allows 32,766
+#: per statement (the append must stay one statement to stay one transaction).
+MAX_BATCH = 8192
+
+# The snapshot (as row 0) and the log, in order, in one consistent statement.
+_LOAD = """
+SELECT 0, snapshot FROM rooms WHERE name = :name
+UNION ALL
+SELECT u.id, u.data FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
+WHERE r.name = :name
+ORDER BY 1
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO updates (room_id, data) VALUES " + ", ".join(["(?, ?)"] * rows)
+
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -63,14 +87,12 @@ class SQLiteStore:
         self._reader = reader
         self._epoch = epoch
         self._room_ids: dict[str, int] = {}
-        # The reader runs one read transaction at a time; loads queue here.
-        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SQLiteStore:
         """Open (creating and migrating if needed) the database at ``path``."""
         read_only_uri = _prepare(path)
-        writer = await aiosqlite.connect(path)
+        writer = await aiosqlite.connect(path, isolation_level=None)
         try:
             # Before any table exists, so that compaction can hand pages back.
             await writer.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -78,7 +100,9 @@ class SQLiteStore:
             await writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             await writer.execute("PRAGMA foreign_keys = ON")
             epoch = await _migrate(writer)
-            reader = await aiosqlite.connect(read_only_uri, uri=True)
+            reader = await aiosqlite.connect(
+                read_only_uri, uri=True, isolation_level=None
+            )
         except BaseException:
             await writer.close()
             raise
@@ -90,45 +114,24 @@ class SQLiteStore:
 
     async def load(self, room: str) -> StoredRoom:
         try:
-            async with self._read_lock:
-                return await self._load(room)
+            rows = await self._reader.execute_fetchall(_LOAD, {"name": room})
         except sqlite3.Error as exc:
             raise StoreError(f"load of room {room!r} failed: {exc}") from exc
-
-    async def _load(self, room: str) -> StoredRoom:
-        db = self._reader
-        # One read transaction, so a compaction cannot land between the reads.
-        await db.execute("BEGIN")
-        try:
-            rows = await db.execute_fetchall(
-                "SELECT id, snapshot FROM rooms WHERE name = ?", (room,)
-            )
-            if not rows:
-                return StoredRoom([], 0)
-            room_id, snapshot = next(iter(rows))
-            log_rows = await db.execute_fetchall(
-                "SELECT data FROM updates WHERE room_id = ? ORDER BY id", (room_id,)
-            )
-        finally:
-            await db.execute("COMMIT")
-        updates = [bytes(r[0]) for r in log_rows]
-        head = [bytes(snapshot)] if snapshot else []
-        return StoredRoom(head + updates, len(updates))
+        updates = [bytes(data) for _, data in rows if data is not None]
+        log_rows = sum(1 for row_id, _ in rows if row_id != 0)
+        head = len(updates) - log_rows  # 1 with a snapshot, else 0
+        return StoredRoom(updates, log_rows, len(updates[0]) if head else 0)
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
-        db = self._writer
         try:
+            if len(batch) > MAX_BATCH:
+                raise StoreError(f"at most {MAX_BATCH} updates per append")
             rows = [(await self._room_id(room), update) for room, update in batch]
-            await db.executemany(
-                "INSERT INTO updates (room_id, data) VALUES (?, ?)", rows
+            await self._writer.execute(
+                _insert_sql(len(rows)), [v for row in rows for v in row]
             )
-            await db.commit()
-        except BaseException as exc:
-            await db.rollback()
-            self._room_ids.clear()  # ids inserted by the rolled-back txn are gone
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"append failed: {exc}") from exc
-            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"append failed: {exc}") from exc
 
     async def _room_id(self, room: str) -> int:
         room_id = self._room_ids.get(room)
