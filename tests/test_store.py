@@ -237,3 +237,14 @@ async def test_compaction_of_a_room_with_many_writers(store: UpdateStore) -> Non
     assert result.rows_before == len(log)
     assert result.rows_after == 0
     assert content((await store.load("many")).updates) == content(log)
+
+
+async def test_appends_during_a_compaction_are_kept(store: UpdateStore) -> None:
+    """Compaction runs beside commits; rows appended meanwhile survive it."""
+    updates = edits(3000)
+    await store.append([("r", u) for u in updates[:2000]])
+    compaction = asyncio.create_task(store.compact("r"))
+    for start in range(2000, 3000, 50):
+        await store.append([("r", u) for u in updates[start : start + 50]])
+    await compaction
+    assert content((await store.load("r")).updates) == content(updates)

@@ -10,8 +10,8 @@ fsync cost is shared by everything that arrived together.
 The committer also counts each room's log rows and compacts a room once its log
 passes ``compact_after`` rows, or more for a big document (see
 :data:`ROW_COST_BYTES`), so that compaction work stays linear in what is
-written. Compactions run in the same task, between batches, so
-the store never sees two writers and the count is exact.
+written. One compaction runs at a time, beside the commits: the store builds
+the snapshot without holding the write lock, so commits are not held up.
 
 A failing commit is retried with backoff and never dropped: the rooms simply
 hold their echoes until it succeeds.
@@ -90,6 +90,8 @@ class Committer:
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._compacting = False
+        self._compaction_done = asyncio.Event()
         #: False while commits are failing; ``/healthz`` reports it.
         self.healthy = True
         self.stats_commits = 0
@@ -140,11 +142,17 @@ class Committer:
             return
         rows += added
         self._log_rows[room] = rows
-        # Count from what the last compaction left, so rows it had to keep
-        # (or a failed attempt) do not make every batch compact again.
-        if rows - self._kept_rows.get(room, 0) >= self._due_rows[room]:
+        if self._is_due(room):
             self._compactions[room] = None
             self._wakeup.set()
+
+    def _is_due(self, room: str) -> bool:
+        # Count from what the last compaction left, so rows it had to keep
+        # (or a failed attempt) do not make every batch compact again.
+        rows = self._log_rows.get(room)
+        if rows is None:
+            return False
+        return rows - self._kept_rows.get(room, 0) >= self._due_rows[room]
 
     async def flush(self) -> None:
         """Return once everything submitted before this call is committed."""
@@ -170,15 +178,18 @@ class Committer:
         """The writer loop. Returns after :meth:`stop` once everything is committed."""
         task_status.started()
         try:
-            while self._queue or self._compactions or not self._stopping:
-                if self._queue:
-                    await self._commit_next_batch()
-                # One compaction per batch at most, so neither starves the other.
-                if self._compactions:
-                    await self._compact_one()
-                if not (self._queue or self._compactions or self._stopping):
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+            async with anyio.create_task_group() as tg:
+                while self._queue or self._compactions or not self._stopping:
+                    if self._queue:
+                        await self._commit_next_batch()
+                    if self._compactions and not self._compacting:
+                        self._compacting = True
+                        tg.start_soon(self._compact_one)
+                    if not (self._queue or self._stopping):
+                        self._wakeup.clear()
+                        await self._wakeup.wait()
+                    elif not self._queue and self._compacting:
+                        await self._compaction_done.wait()
         finally:
             self._stopped.set()
 
@@ -234,18 +245,27 @@ class Committer:
     async def _compact_one(self) -> None:
         room = next(iter(self._compactions))
         del self._compactions[room]
+        self._compaction_done = asyncio.Event()
         try:
+            if not self._is_due(room) and room in self._log_rows:
+                return  # a compaction that ran meanwhile already did the work
             result: Compaction = await self.store.compact(room)
         except Exception:  # the log is left as it was; the store rolled back
             log.exception("compaction of room %r failed; its log is kept", room)
             if room in self._log_rows:
                 self._kept_rows[room] = self._log_rows[room]
-            return
-        self.stats_compactions += 1
-        if room in self._log_rows:
-            # No append ran meanwhile (same task), so these counts are exact.
-            self._log_rows[room] = self._kept_rows[room] = result.rows_after
-            self._set_due(room, result.bytes_after)
+        else:
+            self.stats_compactions += 1
+            if room in self._log_rows:
+                # Rows appended meanwhile stay counted; the compacted ones go.
+                removed = result.rows_before - result.rows_after
+                self._log_rows[room] -= removed
+                self._kept_rows[room] = result.rows_after
+                self._set_due(room, result.bytes_after)
+        finally:
+            self._compacting = False
+            self._compaction_done.set()
+            self._wakeup.set()
 
     def _wake_flushers(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

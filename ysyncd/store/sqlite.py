@@ -19,6 +19,7 @@ migrations open explicit transactions.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sqlite3
@@ -87,6 +88,7 @@ class SQLiteStore:
         self._reader = reader
         self._epoch = epoch
         self._room_ids: dict[str, int] = {}
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "full") -> SQLiteStore:
@@ -123,13 +125,16 @@ class SQLiteStore:
         return StoredRoom(updates, log_rows, len(updates[0]) if head else 0)
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        # The lock keeps an append out of a compaction's open transaction,
+        # where it would look committed before the transaction is.
         try:
             if len(batch) > MAX_BATCH:
                 raise StoreError(f"at most {MAX_BATCH} updates per append")
-            rows = [(await self._room_id(room), update) for room, update in batch]
-            await self._writer.execute(
-                _insert_sql(len(rows)), [v for row in rows for v in row]
-            )
+            async with self._write_lock:
+                rows = [(await self._room_id(room), update) for room, update in batch]
+                await self._writer.execute(
+                    _insert_sql(len(rows)), [v for row in rows for v in row]
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"append failed: {exc}") from exc
 
@@ -154,53 +159,36 @@ class SQLiteStore:
             raise StoreError(f"compaction of room {room!r} failed: {exc}") from exc
 
     async def _compact(self, room: str) -> Compaction:
-        db = self._writer
         started = time.perf_counter()
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            room_rows = await db.execute_fetchall(
-                "SELECT id, snapshot FROM rooms WHERE name = ?", (room,)
+        # Read and build with no lock held, so appends go on meanwhile. Rows
+        # are append-only and only a compaction (one at a time per room, see
+        # Committer) rewrites a room, so what was read is still there after.
+        rows = [
+            (row_id, bytes(data))
+            for row_id, data in await self._reader.execute_fetchall(
+                _LOAD, {"name": room}
             )
-            if not room_rows:
-                await db.rollback()
-                return Compaction(0, 0, 0, 0)
-            room_id, old_snapshot = next(iter(room_rows))
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT id, data FROM updates WHERE room_id = ? ORDER BY id",
-                    (room_id,),
-                )
-            )
-            head = [bytes(old_snapshot)] if old_snapshot else []
-            updates = head + [bytes(data) for _, data in rows]
-            # CPU-bound; a worker thread keeps the event loop responsive.
-            snap = await anyio.to_thread.run_sync(build_snapshot, updates)
-            kept = {rows[i - len(head)][0] for i in snap.pending if i >= len(head)}
-            await db.execute(
-                "UPDATE rooms SET snapshot = ? WHERE id = ?", (snap.update, room_id)
-            )
-            last_id = rows[-1][0] if rows else 0
-            if kept:
-                await db.executemany(
-                    "DELETE FROM updates WHERE id = ?",
-                    [(row_id,) for row_id, _ in rows if row_id not in kept],
-                )
-            else:
-                await db.execute(
-                    "DELETE FROM updates WHERE room_id = ? AND id <= ?",
-                    (room_id, last_id),
-                )
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
+            if data is not None
+        ]
+        log_rows = [(row_id, data) for row_id, data in rows if row_id != 0]
+        if not log_rows:
+            return Compaction(0, 0, 0, 0)
+        updates = [data for _, data in rows]
+        head = len(rows) - len(log_rows)
+        # CPU-bound; a worker thread keeps the event loop responsive.
+        snap = await anyio.to_thread.run_sync(build_snapshot, updates)
+        kept = {log_rows[i - head][0] for i in snap.pending if i >= head}
+        last_id = log_rows[-1][0]
+        async with self._write_lock:
+            await self._replace(room, snap.update, log_rows, kept)
         # executescript steps the pragma to completion; execute() frees one page.
-        await db.executescript("PRAGMA incremental_vacuum;")
+        await self._writer.executescript("PRAGMA incremental_vacuum;")
         result = Compaction(
-            rows_before=len(rows),
+            rows_before=len(log_rows),
             rows_after=len(kept),
             bytes_before=sum(map(len, updates)),
-            bytes_after=len(snap.update) + sum(len(d) for i, d in rows if i in kept),
+            bytes_after=len(snap.update)
+            + sum(len(d) for i, d in log_rows if i in kept),
         )
         log.info(
             "compacted room %r: %d rows (%d B) -> snapshot %d B + %d rows "
@@ -214,6 +202,36 @@ class SQLiteStore:
             (time.perf_counter() - started) * 1000,
         )
         return result
+
+    async def _replace(
+        self,
+        room: str,
+        snapshot: bytes,
+        log_rows: list[tuple[int, bytes]],
+        kept: set[int],
+    ) -> None:
+        """Swap in the snapshot and drop the rows it holds, in one transaction."""
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                "UPDATE rooms SET snapshot = ? WHERE name = ?", (snapshot, room)
+            )
+            if kept:
+                await db.executemany(
+                    "DELETE FROM updates WHERE id = ?",
+                    [(row_id,) for row_id, _ in log_rows if row_id not in kept],
+                )
+            else:
+                await db.execute(
+                    "DELETE FROM updates WHERE room_id = "
+                    "(SELECT id FROM rooms WHERE name = ?) AND id <= ?",
+                    (room, log_rows[-1][0]),
+                )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
 
     async def aclose(self) -> None:
         await self._reader.close()
