@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,6 +43,10 @@ log = logging.getLogger("ysyncd.commits")
 #: load to about twice the snapshot's cost and each byte's compaction work to
 #: a constant number of rebuilds.
 ROW_COST_BYTES = 400
+# A room still being written to is compacted when it has been quiet this long,
+# or when its log reaches this many times its threshold anyway.
+_QUIET_SECONDS = 2.0
+_HOT_FACTOR = 8
 
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
@@ -81,6 +87,7 @@ class Committer:
         self._log_rows: dict[str, int] = {}
         self._kept_rows: dict[str, int] = {}
         self._due_rows: dict[str, int] = {}
+        self._quiet_due: dict[str, float] = {}  # room -> time of its last write
         self._compactions: dict[str, None] = {}
         self._wakeup = asyncio.Event()
         self._room_for_more = asyncio.Event()
@@ -127,7 +134,10 @@ class Committer:
         self._count(room, 0)
 
     def forget(self, room: str) -> None:
-        """Stop counting ``room`` (it left memory)."""
+        """Stop counting ``room`` (it left memory); compact it now if it is due."""
+        if self._quiet_due.pop(room, None) is not None:
+            self._compactions[room] = None
+            self._wakeup.set()
         self._log_rows.pop(room, None)
         self._kept_rows.pop(room, None)
         self._due_rows.pop(room, None)
@@ -142,17 +152,36 @@ class Committer:
             return
         rows += added
         self._log_rows[room] = rows
-        if self._is_due(room):
+        due = self._due(room)
+        if due >= _HOT_FACTOR:
+            self._quiet_due.pop(room, None)
             self._compactions[room] = None
             self._wakeup.set()
+        elif due >= 1:
+            # A room still being written to is compacted once it goes quiet:
+            # its cold-load time does not matter while it is loaded.
+            self._quiet_due[room] = time.monotonic()
 
-    def _is_due(self, room: str) -> bool:
+    def _due(self, room: str) -> float:
+        """How many times over its threshold ``room``'s log is (1 = due)."""
         # Count from what the last compaction left, so rows it had to keep
         # (or a failed attempt) do not make every batch compact again.
         rows = self._log_rows.get(room)
         if rows is None:
-            return False
-        return rows - self._kept_rows.get(room, 0) >= self._due_rows[room]
+            return 0.0
+        return (rows - self._kept_rows.get(room, 0)) / self._due_rows[room]
+
+    def _promote_quiet(self, now: float) -> float | None:
+        """Queue quiet rooms that are due; return seconds until the next one is."""
+        wait: float | None = None
+        for room, last_write in list(self._quiet_due.items()):
+            left = last_write + _QUIET_SECONDS - now
+            if left <= 0:
+                del self._quiet_due[room]
+                self._compactions[room] = None
+            else:
+                wait = left if wait is None else min(wait, left)
+        return wait
 
     async def flush(self) -> None:
         """Return once everything submitted before this call is committed."""
@@ -166,6 +195,8 @@ class Committer:
     def stop(self) -> None:
         """Let :meth:`run` return once the queue and the compactions are done."""
         self._stopping = True
+        self._compactions.update(dict.fromkeys(self._quiet_due))
+        self._quiet_due.clear()
         self._wakeup.set()
 
     async def wait_stopped(self) -> None:
@@ -184,10 +215,14 @@ class Committer:
                         await self._commit_next_batch()
                     if self._compactions and not self._compacting:
                         self._compacting = True
+                        self._compaction_done = asyncio.Event()
                         tg.start_soon(self._compact_one)
                     if not (self._queue or self._stopping):
                         self._wakeup.clear()
-                        await self._wakeup.wait()
+                        wait = self._promote_quiet(time.monotonic())
+                        if not self._compactions or self._compacting:
+                            with anyio.move_on_after(wait if wait else math.inf):
+                                await self._wakeup.wait()
                     elif not self._queue and self._compacting:
                         await self._compaction_done.wait()
         finally:
@@ -245,9 +280,8 @@ class Committer:
     async def _compact_one(self) -> None:
         room = next(iter(self._compactions))
         del self._compactions[room]
-        self._compaction_done = asyncio.Event()
         try:
-            if not self._is_due(room) and room in self._log_rows:
+            if self._due(room) < 1 and room in self._log_rows:
                 return  # a compaction that ran meanwhile already did the work
             result: Compaction = await self.store.compact(room)
         except Exception:  # the log is left as it was; the store rolled back
