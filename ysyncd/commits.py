@@ -46,7 +46,7 @@ ROW_COST_BYTES = 400
 # A room still being written to is compacted when it has been quiet this long,
 # or when its log reaches this many times its threshold anyway.
 _QUIET_SECONDS = 2.0
-_HOT_FACTOR = 8
+_HOT_FACTOR = 16
 
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
