@@ -22,14 +22,15 @@ _NPM_PACKAGES = ("@y/websocket-server", "yjs", "ws", "y-protocols", "lib0")
 
 
 def _cpu_model() -> str:
+    fallback = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return fallback  # no /proc: not Linux, reported as such
+    return fallback
 
 
 def _memory_gib() -> float | None:
@@ -39,7 +40,7 @@ def _memory_gib() -> float | None:
                 if line.startswith("MemTotal:"):
                     return round(int(line.split()[1]) / 2**20, 1)
     except OSError:
-        pass
+        return None  # no /proc: reported as unknown
     return None
 
 
@@ -75,7 +76,7 @@ def _filesystem(path: str) -> str:
                     if len(parts[1]) > len(best):
                         best, kind = parts[1], parts[2]
     except OSError:
-        pass
+        return "unknown"  # no /proc: reported as unknown
     return kind
 
 

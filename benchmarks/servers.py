@@ -218,10 +218,8 @@ class ServerSpec(ABC):
         err = _Tail(proc.stderr, pattern if stream == "stderr" else None)
         ready = out if stream == "stdout" else err
         try:
-            try:
+            with contextlib.suppress(TimeoutError):  # judged just below
                 await asyncio.wait_for(ready.ready.wait(), START_TIMEOUT_S)
-            except TimeoutError:
-                pass
             if ready.match is None:
                 log = "\n".join([*out.lines, *err.lines][-20:])
                 raise ServerError(f"{self.name} did not start; its output:\n{log}")

@@ -168,10 +168,10 @@ async def wait_for_metrics(
                 last = await metrics(server)
                 if condition(last):
                     return last
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pass
-    raise AssertionError(f"timed out waiting for {what}; /metrics: {last}")
+                await asyncio.sleep(0.05)  # polling: /metrics has no push
+    except TimeoutError as exc:
+        raise AssertionError(f"timed out waiting for {what}; /metrics: {last}") from exc
+    raise AssertionError(f"{what} never held in 10,000 polls; /metrics: {last}")
 
 
 async def wait_for_metric(server: ServerProcess, name: str, expected: float) -> None:

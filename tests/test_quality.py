@@ -23,12 +23,14 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint() -> None:
-    result = run("ruff", "check", "ysyncd", "tests", "examples")
+    result = run("ruff", "check", "ysyncd", "tests", "examples", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    result = run("ruff", "format", "--check", "ysyncd", "tests", "examples")
+    result = run(
+        "ruff", "format", "--check", "ysyncd", "tests", "examples", "benchmarks"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
