@@ -6,8 +6,9 @@ passes ``send_buffer_bytes`` has fallen behind and is closed with 1013 (try
 again later): the client reconnects and resyncs, and nobody else waits for it.
 This is websockets' own advice for fan-out (see its ``broadcast`` docs).
 
-Fan-out serialises the WebSocket frame once (with websockets' own ``Frame``)
-and writes the same bytes to every peer's transport. Server frames are not
+Fan-out serialises each WebSocket frame once (with websockets' own ``Frame``)
+and writes the same bytes to every peer's transport; the updates one commit
+released go out as one write per peer. Server frames are not
 masked, and ysyncd never fragments nor compresses, so the bytes are identical
 for every peer; websockets' per-connection ``send`` path would rebuild them
 for each one. Its control frames (ping, pong, close) still go through
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
@@ -62,9 +63,9 @@ def wire_frame(message: bytes) -> bytes:
     return Frame(Opcode.BINARY, message).serialize(mask=False)
 
 
-def fan_out(peers: Iterable[Peer], message: bytes) -> None:
-    """Send ``message`` to every peer, serialising its frame only once."""
-    wire = wire_frame(message)
+def fan_out(peers: Iterable[Peer], messages: Sequence[bytes]) -> None:
+    """Send ``messages`` to every peer: frames serialised once, one write each."""
+    wire = b"".join(map(wire_frame, messages))
     for peer in peers:
         peer.write(wire)
 

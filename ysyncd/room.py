@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,13 +99,16 @@ class _Presence:
 
 Tainted = Callable[["Room"], None]
 #: Sends one message to many peers; transports can serialise it once.
-FanOut = Callable[[Iterable[Any], bytes], None]
+#: Sends messages, in order, to many peers; transports can serialise them once
+#: and write them together.
+FanOut = Callable[[Iterable[Any], Sequence[bytes]], None]
 
 
-def send_each(peers: Iterable[PeerLike], message: bytes) -> None:
-    """The plain fan-out: one ``send`` per peer."""
+def send_each(peers: Iterable[PeerLike], messages: Sequence[bytes]) -> None:
+    """The plain fan-out: one ``send`` per peer and message."""
     for peer in peers:
-        peer.send(message)
+        for message in messages:
+            peer.send(message)
 
 
 _Held = tuple[int, PeerLike | None, bytes, bytes | None]
@@ -240,14 +243,23 @@ class Room:
         self._durable = seq
         held = self._held
         released = 0
+        # Consecutive broadcasts go out together: one write per peer, however
+        # many updates the commit released.
+        batch: list[bytes] = []
         for held_seq, target, frame, _ in held:
             if held_seq > seq:
                 break
             released += 1
             if target is None:
-                self._broadcast(frame)
-            elif target in self.peers:
+                batch.append(frame)
+                continue
+            if batch:
+                self._broadcast(*batch)
+                batch = []
+            if target in self.peers:
                 target.send(frame)
+        if batch:
+            self._broadcast(*batch)
         del held[:released]
 
     def fail(self, code: int, reason: str) -> None:
@@ -359,6 +371,6 @@ class Room:
                 self._coalesced.difference_update(client_ids)
             self._broadcast(encode(Awareness(removal)))
 
-    def _broadcast(self, frame: bytes) -> None:
+    def _broadcast(self, *frames: bytes) -> None:
         if self.peers:
-            self._fan_out(self.peers, frame)
+            self._fan_out(self.peers, frames)
