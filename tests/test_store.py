@@ -55,6 +55,22 @@ def edits(n: int, client_id: int = 1) -> list[bytes]:
     return out
 
 
+def second_writer(text: str) -> tuple[bytes, Doc, list[bytes]]:
+    """Client 1 writes ``text``; client 2 has seen it and records its own updates.
+
+    The store will be shown client 2's updates without client 1's, which is how
+    rows with unmet dependencies come about.
+    """
+    first: Doc = Doc(client_id=1)
+    first.get("text", type=Text).insert(0, text)
+    base = first.get_update()
+    second: Doc = Doc(client_id=2)
+    second.apply_update(base)
+    recorded: list[bytes] = []
+    second.observe(lambda event: recorded.append(event.update))
+    return base, second, recorded
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -110,13 +126,7 @@ async def test_compaction_keeps_updates_whose_dependencies_are_missing(
     store: UpdateStore,
 ) -> None:
     """Doc.get_update() drops pending structs; their rows must survive compaction."""
-    first: Doc = Doc(client_id=1)
-    first.get("text", type=Text).insert(0, "hello")
-    base = first.get_update()
-    second: Doc = Doc(client_id=2)
-    second.apply_update(base)
-    later: list[bytes] = []
-    second.observe(lambda event: later.append(event.update))
+    base, second, later = second_writer("hello")
     text = second.get("text", type=Text)
     text.insert(5, " world")
     text.insert(0, ">> ")
@@ -194,13 +204,7 @@ async def test_compaction_keeps_deletes_of_items_not_seen_yet(
     store: UpdateStore,
 ) -> None:
     """A delete whose target has not arrived survives compaction (no resurrection)."""
-    first: Doc = Doc(client_id=1)
-    first.get("text", type=Text).insert(0, "abc")
-    insert = first.get_update()
-    second: Doc = Doc(client_id=2)
-    second.apply_update(insert)
-    deletes: list[bytes] = []
-    second.observe(lambda event: deletes.append(event.update))
+    insert, second, deletes = second_writer("abc")
     del second.get("text", type=Text)[1:2]
     await store.append([("r", deletes[0])])
     result = await store.compact("r")
