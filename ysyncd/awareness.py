@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pycrdt import write_message, write_var_uint
 
-from ysyncd.errors import DecodeError, InvalidUpdate
+from ysyncd.errors import DecodeError, InvalidUpdate, TooLarge
 from ysyncd.protocol import Reader
 
 __all__ = ["AwarenessChange", "AwarenessStates", "decode_update", "encode_entries"]
@@ -109,14 +109,24 @@ class AwarenessStates:
         entries = self._entries.items()
         return {cid: e.state for cid, e in entries if e.state is not None}
 
-    def apply(self, update: bytes, now: float) -> AwarenessChange:
+    def apply(
+        self, update: bytes, now: float, *, max_state_bytes: int | None = None
+    ) -> AwarenessChange:
         """Merge a received update.
 
         Raises:
             DecodeError: the update is malformed; nothing was changed.
             InvalidUpdate: a state is not JSON; nothing was changed.
+            TooLarge: a state is over ``max_state_bytes``; nothing was changed.
         """
         entries = decode_update(update)
+        if max_state_bytes is not None:
+            for _, _, state in entries:
+                # A character is at most 4 UTF-8 bytes: encode only when it matters.
+                if len(state) * 4 > max_state_bytes and (
+                    len(state.encode()) > max_state_bytes
+                ):
+                    raise TooLarge(f"awareness state over {max_state_bytes} bytes")
         removals = [_is_removal(state) for _, _, state in entries]
         change = AwarenessChange(entries=len(entries))
         for (client_id, clock, state_json), removal in zip(

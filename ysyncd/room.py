@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 from pycrdt import Doc
 
-from ysyncd.awareness import AwarenessStates, decode_update, encode_entries
+from ysyncd.awareness import AwarenessStates, encode_entries
 from ysyncd.commits import Committer
-from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
+from ysyncd.errors import InvalidUpdate, PolicyViolation
 from ysyncd.protocol import (
     Awareness,
     Message,
@@ -318,13 +318,10 @@ class Room:
         if presence is None:
             return
         policy = self._policy
-        limit = policy.max_state_bytes
-        for _, _, state in decode_update(update):
-            # A character is at most 4 UTF-8 bytes: encode only when it matters.
-            if len(state) * 4 > limit and len(state.encode()) > limit:
-                raise TooLarge(f"awareness state over {limit} bytes")
         now = self._clock()
-        change = self.awareness.apply(update, now)
+        change = self.awareness.apply(
+            update, now, max_state_bytes=policy.max_state_bytes
+        )
         if not change.accepted:
             return  # stale, e.g. a client bouncing back what it was sent
         for client_id in change.added:
