@@ -38,7 +38,7 @@ from ysyncd.errors import (
     UnsupportedFrame,
 )
 
-__all__ = ["Peer", "close_code_for", "fan_out"]
+__all__ = ["Peer", "close_code_for", "close_reason", "fan_out"]
 
 log = logging.getLogger("ysyncd.peer")
 
@@ -56,6 +56,11 @@ def close_code_for(exc: ProtocolError) -> CloseCode:
     if isinstance(exc, PolicyViolation):
         return CloseCode.POLICY_VIOLATION  # 1008
     return CloseCode.PROTOCOL_ERROR  # 1002: malformed frame
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame (123 bytes on the wire), whole characters."""
+    return text.encode()[:120].decode(errors="ignore")
 
 
 def wire_frame(message: bytes) -> bytes:
@@ -122,6 +127,6 @@ class Peer:
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; further sends are dropped."""
         if self._closing is None:
-            # Close reasons are limited to 123 bytes on the wire.
-            text = reason.encode()[:120].decode(errors="ignore")
-            self._closing = asyncio.ensure_future(self.conn.close(code, text))
+            self._closing = asyncio.ensure_future(
+                self.conn.close(code, close_reason(reason))
+            )

@@ -34,7 +34,7 @@ from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
 from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError, UnsupportedFrame
 from ysyncd.names import room_from_path
-from ysyncd.peer import Peer, close_code_for, fan_out
+from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
 from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
@@ -212,9 +212,7 @@ async def _close_draining(conn: ServerConnection, code: int, reason: str) -> Non
     Reading pauses while frames wait unread (``max_queue``), so without the
     draining the peer's close reply would sit unread until the close timeout.
     """
-    closing = asyncio.ensure_future(
-        conn.close(code, reason.encode()[:120].decode(errors="ignore"))
-    )
+    closing = asyncio.ensure_future(conn.close(code, close_reason(reason)))
     try:
         async for _ in conn:
             continue
