@@ -34,6 +34,7 @@ from ysyncd.commits import Committer
 from ysyncd.errors import StoreError
 from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
 from ysyncd.store import StoredRoom
+from ysyncd.store.snapshot import doc_from_updates
 
 __all__ = ["RoomRegistry"]
 
@@ -43,13 +44,6 @@ _TICK_SECONDS = 1.0
 _REBUILD_ATTEMPTS = 5
 # Below this, applying a room's history takes less than a thread hop costs.
 _INLINE_BUILD_BYTES = 64 * 1024
-
-
-def _build_doc(updates: Sequence[bytes]) -> Doc[Any]:
-    doc: Doc[Any] = Doc()
-    for update in updates:
-        doc.apply_update(update)
-    return doc
 
 
 class RoomRegistry:
@@ -125,9 +119,9 @@ class RoomRegistry:
         stored = await self._committer.store.load(key)
         updates = stored.updates + list(extra)
         if sum(map(len, updates)) < _INLINE_BUILD_BYTES:
-            return _build_doc(updates), stored
+            return doc_from_updates(updates), stored
         # Big histories are CPU-bound to apply; keep the event loop responsive.
-        return await anyio.to_thread.run_sync(_build_doc, updates), stored
+        return await anyio.to_thread.run_sync(doc_from_updates, updates), stored
 
     async def _load(self, key: str, loading: asyncio.Future[Room]) -> None:
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from pycrdt import Doc, get_update
 from ysyncd.errors import DecodeError, StoreError
 from ysyncd.protocol import Reader
 
-__all__ = ["Snapshot", "build_snapshot"]
+__all__ = ["Snapshot", "build_snapshot", "doc_from_updates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,14 @@ class Snapshot:
     update: bytes
     #: Indexes into the input of updates not fully integrated into ``update``.
     pending: list[int]
+
+
+def doc_from_updates(updates: Sequence[bytes]) -> Doc[Any]:
+    """A fresh doc with ``updates`` applied in order (pycrdt errors propagate)."""
+    doc: Doc[Any] = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc
 
 
 def _state_vector(state: bytes) -> dict[int, int]:
@@ -63,9 +71,7 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
             decode back to the same document. Nothing should be replaced then.
     """
     try:
-        doc: Doc[Any] = Doc()
-        for update in updates:
-            doc.apply_update(update)
+        doc = doc_from_updates(updates)
         snapshot = doc.get_update()
         state = doc.get_state()
         clocks = _state_vector(state)
