@@ -110,5 +110,7 @@ def machine_facts() -> dict[str, object]:
         "ysyncd_git": None if git is None else git + ("+dirty" if dirty else ""),
         "pycrdt": _package("pycrdt"),
         "websockets": _package("websockets"),
+        # ysyncd's default --loop auto runs on uvloop when it is installed.
+        "uvloop": _package("uvloop"),
         **{f"npm:{name}": _npm_version(name) for name in _NPM_PACKAGES},
     }

@@ -47,6 +47,20 @@ async def test_invalid_room_names_get_400_before_upgrade(
     assert caught.value.response.status_code == 400
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_each_event_loop_serves_and_persists(db_path: Path, loop: str) -> None:
+    """Both event loops relay edits and store them (uvloop comes with the extra)."""
+    async with running_server(db_path, "--loop", loop) as server:
+        async with (
+            YClient.connect(server.url, "loops") as a,
+            YClient.connect(server.url, "loops") as b,
+        ):
+            a.text.insert(0, loop)
+            await b.wait_content({"text": loop, "map": {}, "array": []})
+    async with running_server(db_path, "--loop", loop) as server:
+        assert (await stored_content(server.url, "loops"))["text"] == loop
+
+
 async def test_two_clients_converge_and_updates_are_echoed(
     server: ServerProcess,
 ) -> None:

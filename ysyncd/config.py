@@ -53,6 +53,12 @@ class Settings:
         "Logging threshold.",
         choices=("debug", "info", "warning", "error"),
     )
+    loop: str = _setting(
+        "auto",
+        "Event loop. auto uses uvloop when it is installed (pip install "
+        "'ysyncd[uvloop]'), else asyncio's own.",
+        choices=("auto", "asyncio", "uvloop"),
+    )
     room_idle_seconds: float = _setting(
         30.0,
         "Keep a room with no peers in memory this long before dropping it "

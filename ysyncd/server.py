@@ -33,6 +33,7 @@ from ysyncd.commits import Committer
 from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
 from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError, UnsupportedFrame
+from ysyncd.keepalive import Keepalive
 from ysyncd.names import room_from_path
 from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
 from ysyncd.room import AwarenessPolicy, Room
@@ -70,8 +71,10 @@ class _App:
         registry: RoomRegistry,
         committer: Committer,
         stats: Stats,
+        keepalive: Keepalive | None,
     ) -> None:
         self.settings = settings
+        self.keepalive = keepalive
         self.registry = registry
         self.committer = committer
         self.stats = stats
@@ -142,6 +145,8 @@ class _App:
         for message in (conn.request, conn.response):
             if message is not None:
                 message.headers.clear()
+        if self.keepalive is not None:
+            self.keepalive.add(conn)
         self.connections += 1
         self.stats.count("connections")
         try:
@@ -259,7 +264,11 @@ async def serve(
                 fan_out=fan_out,
             )
             tg.start_soon(registry.run_ticks)
-            app = _App(settings, registry, committer, Stats())
+            keepalive = None
+            if settings.ping_interval:
+                keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
+                tg.start_soon(keepalive.run)
+            app = _App(settings, registry, committer, Stats(), keepalive)
             async with ws_serve(
                 app.handler,
                 settings.host,
@@ -270,8 +279,8 @@ async def serve(
                 # Frames buffered per connection before reading pauses; with
                 # large messages allowed, this bounds a connection's memory.
                 max_queue=4,
-                ping_interval=settings.ping_interval or None,
-                ping_timeout=settings.ping_timeout or None,
+                ping_interval=None,  # see Keepalive
+                ping_timeout=None,
                 close_timeout=settings.close_timeout,
                 server_header=None,
             ) as server:
