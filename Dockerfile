@@ -2,6 +2,8 @@
 #
 #   docker build -t ysyncd .
 #   docker run -p 1234:1234 -v ysyncd-data:/data ysyncd
+#   docker run -p 1234:1234 -v ysyncd-data:/data \
+#       -e YSYNCD_AUTH=jupyterhub -e JUPYTERHUB_API_URL=http://hub:8081/hub/api ysyncd
 #
 # The database lives on the /data volume. To bind-mount a host directory
 # instead, make it writable by UID 10001 first.
@@ -30,7 +32,7 @@ RUN groupadd --gid 10001 ysyncd \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ysyncd ./ysyncd
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[auth,uvloop]"
 
 # Numeric, so runtimes that check for a non-root user (Kubernetes
 # runAsNonRoot) can verify it without reading /etc/passwd.
@@ -47,4 +49,10 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 
 # ysyncd handles SIGTERM itself (flush commits, close peers with 1001, exit 0),
 # so Docker's default stop signal is the right one, even as PID 1.
-CMD ["ysyncd", "serve", "--host", "0.0.0.0", "--db", "/data/ysyncd.db"]
+# A container must listen on 0.0.0.0 to be reachable at all, so the default
+# command admits anyone, for a first try; choose a provider for real use with
+# YSYNCD_AUTH and its settings (README, "Access control").
+ENV YSYNCD_HOST=0.0.0.0 \
+    YSYNCD_DB=/data/ysyncd.db \
+    YSYNCD_ALLOW_UNAUTHENTICATED=1
+CMD ["ysyncd", "serve"]

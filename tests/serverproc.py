@@ -8,32 +8,37 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from tests.timing import scaled
 
-_LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"listening on (wss?)://127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
     """Start, stop, kill and restart one ysyncd server process."""
 
-    def __init__(self, db: Path, *args: str) -> None:
+    def __init__(
+        self, db: Path, *args: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.db = db
         self.args = list(args)
+        self.env = dict(env or {})
         self.port = 0
+        self.scheme = "ws"
         self.log: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        http = "https" if self.scheme == "wss" else "http"
+        return f"{http}://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         """Start the server (on the previous port after a restart) and wait for it."""
@@ -52,7 +57,7 @@ class ServerProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         assert self.proc.stderr is not None
         try:
@@ -64,7 +69,7 @@ class ServerProcess:
                     self.log.append(line)
                     match = _LISTENING.search(line)
                     if match:
-                        self.port = int(match.group(1))
+                        self.scheme, self.port = match[1], int(match[2])
                         break
         except TimeoutError:
             raise AssertionError(
@@ -112,8 +117,10 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_server(db: Path, *args: str) -> AsyncIterator[ServerProcess]:
-    server = ServerProcess(db, *args)
+async def running_server(
+    db: Path, *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(db, *args, env=env)
     await server.start()
     try:
         yield server

@@ -45,11 +45,24 @@ class YClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, url: str, room: str, *, doc: Doc | None = None, sync: bool = True
+        cls,
+        url: str,
+        room: str,
+        *,
+        doc: Doc | None = None,
+        sync: bool = True,
+        **options: Any,
     ) -> AsyncIterator[YClient]:
-        """Connect to ``url/room``, sync, and close on exit."""
+        """Connect to ``url/room``, sync, and close on exit.
+
+        ``options`` go to websockets' ``connect`` (``ssl``, ``additional_headers``).
+        """
         async with connect(
-            f"{url}/{room}", max_size=None, compression=None, open_timeout=scaled(10)
+            f"{url}/{room}",
+            max_size=None,
+            compression=None,
+            open_timeout=scaled(10),
+            **options,
         ) as ws:
             client = cls(ws, doc)
             client._reader = asyncio.create_task(client._read())

@@ -7,20 +7,26 @@ environment variables and the README table cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
-from ysyncd import __version__
+from ysyncd import __version__, logs
+from ysyncd.auth import Authorizer, build_authorizer
 from ysyncd.config import Setting, Settings, describe, settings_table
 from ysyncd.server import serve as run_server
+from ysyncd.server import tls_context
 
 __all__ = ["main"]
 
@@ -39,7 +45,7 @@ def _click_type(setting: Setting) -> Any:
         )
     if setting.type is float:
         return click.FloatRange(setting.minimum, setting.maximum)
-    if setting.type is Path:
+    if setting.type in (Path, Path | None):
         return click.Path(path_type=Path, dir_okay=False)
     return str
 
@@ -47,13 +53,15 @@ def _click_type(setting: Setting) -> Any:
 def settings_options(func: F) -> F:
     """Decorate a command with one option per setting."""
     for setting in reversed(describe()):
+        flag = setting.type is bool
         func = click.option(
             setting.flag,
             setting.name,
-            type=_click_type(setting),
+            is_flag=flag,
+            type=None if flag else _click_type(setting),
             default=setting.default,
-            show_default=True,
-            envvar=setting.env,
+            show_default=setting.default is not None,
+            envvar=setting.envvars,
             show_envvar=True,
             help=setting.help,
         )(func)
@@ -70,15 +78,58 @@ def main() -> None:
 @settings_options
 def serve(**options: Any) -> None:
     """Serve y-websocket rooms, storing every update in SQLite."""
-    settings = Settings(**options)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # websockets logs every handshake at INFO; ours says what matters.
-    if settings.log_level != "debug":
-        logging.getLogger("websockets").setLevel(logging.WARNING)
-    sys.exit(_run(_serve(settings), settings.loop))
+    settings = _as_hub_service(Settings(**options), click.get_current_context())
+    logs.configure(settings.log_level)
+    if settings.auth == "none" and not _is_loopback(settings.host):
+        if not settings.allow_unauthenticated:
+            raise click.UsageError(
+                f"--host {settings.host} serves other machines, and --auth none lets "
+                "anyone read and edit every room: choose an --auth provider, or pass "
+                "--allow-unauthenticated"
+            )
+        log.warning(
+            "serving %s with no authentication: anyone who reaches it can read "
+            "and edit every room",
+            settings.host,
+        )
+    try:
+        authorizer = build_authorizer(settings)
+        tls = tls_context(settings)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(_run(_serve(settings, authorizer, tls), settings.loop))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface)
+
+
+def _as_hub_service(settings: Settings, ctx: click.Context) -> Settings:
+    """Listen where JupyterHub says, when it runs ysyncd as a managed service.
+
+    The Hub sets ``JUPYTERHUB_SERVICE_URL`` for the services it starts; an
+    explicit --host or --port still wins.
+    """
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+    if not url:
+        return settings
+    given = {
+        name
+        for name in ("host", "port")
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    parts = urlsplit(url)
+    changes: dict[str, Any] = {}
+    if "host" not in given and parts.hostname:
+        changes["host"] = parts.hostname
+    if "port" not in given and parts.port:
+        changes["port"] = parts.port
+    return dataclasses.replace(settings, **changes)
 
 
 @main.command("settings")
@@ -112,7 +163,9 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(
+    settings: Settings, authorizer: Authorizer, tls: ssl.SSLContext | None
+) -> int:
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +180,7 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await run_server(settings, stop)
+        await run_server(settings, stop, authorizer=authorizer, tls=tls)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ysyncd.namespaces import DEFAULT_PATTERN
+
 __all__ = ["ENV_PREFIX", "Setting", "Settings", "describe", "settings_table"]
 
 ENV_PREFIX = "YSYNCD_"
@@ -29,10 +31,17 @@ def _setting(
     minimum: float | None = None,
     maximum: float | None = None,
     choices: tuple[str, ...] | None = None,
+    fallback_env: str | None = None,
 ) -> Any:
     return field(
         default=default,
-        metadata={"help": help, "min": minimum, "max": maximum, "choices": choices},
+        metadata={
+            "help": help,
+            "min": minimum,
+            "max": maximum,
+            "choices": choices,
+            "fallback_env": fallback_env,
+        },
     )
 
 
@@ -160,6 +169,58 @@ class Settings:
         "Seconds a graceful shutdown may take to flush and close before it gives up.",
         minimum=0,
     )
+    auth: str = _setting(
+        "none",
+        "Who may connect: none (anyone), token (--token-file), jwt, jupyterhub "
+        "(JupyterHub tokens and server-access scopes) or delegate (ask a Jupyter "
+        "server, for cookie sign-in). See Access control.",
+        choices=("none", "token", "jwt", "jupyterhub", "delegate"),
+    )
+    allow_unauthenticated: bool = _setting(
+        False,
+        "Allow --auth none on an address other than loopback (prints a warning).",
+    )
+    token_file: Path | None = _setting(
+        None, "TOML file mapping tokens to room globs and read/write (--auth token)."
+    )
+    jwt_secret_file: Path | None = _setting(
+        None, "File holding the raw HS256 secret, 32 bytes or more (--auth jwt)."
+    )
+    jwt_public_key_file: Path | None = _setting(
+        None, "PEM RSA public key that verifies RS256 tokens (--auth jwt)."
+    )
+    hub_api_url: str = _setting(
+        "",
+        "JupyterHub API URL, e.g. http://127.0.0.1:8081/hub/api (--auth "
+        "jupyterhub); $JUPYTERHUB_API_URL when unset.",
+        fallback_env="JUPYTERHUB_API_URL",
+    )
+    delegate_url: str = _setting(
+        "",
+        "Base URL of the Jupyter server whose /api/me decides (--auth delegate); "
+        "{owner} and {server} are filled from the room's namespace.",
+    )
+    auth_cache_seconds: float = _setting(
+        30.0,
+        "Remember JupyterHub's or the Jupyter server's verdict on a token this "
+        "long; a revoked token stops working within it.",
+        minimum=0,
+    )
+    allowed_origins: str = _setting(
+        "",
+        "Comma-separated browser origins allowed to connect (e.g. "
+        "https://hub.example.org); empty allows any origin, except for cookie "
+        "sign-in, which needs one listed.",
+    )
+    room_pattern: str = _setting(
+        DEFAULT_PATTERN,
+        "Regular expression over the room name whose 'owner' and 'server' groups "
+        "name the Jupyter server (namespace) a room belongs to.",
+    )
+    certfile: Path | None = _setting(
+        None, "PEM certificate chain: serve wss:// (TLS) with --keyfile."
+    )
+    keyfile: Path | None = _setting(None, "PEM private key for --certfile.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +234,7 @@ class Setting:
     minimum: float | None
     maximum: float | None
     choices: tuple[str, ...] | None
+    fallback_env: str | None = None
 
     @property
     def flag(self) -> str:
@@ -181,6 +243,11 @@ class Setting:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def envvars(self) -> list[str]:
+        """The variables read, first found wins."""
+        return [self.env] + ([self.fallback_env] if self.fallback_env else [])
 
 
 def describe() -> list[Setting]:
@@ -195,6 +262,7 @@ def describe() -> list[Setting]:
             minimum=f.metadata["min"],
             maximum=f.metadata["max"],
             choices=f.metadata["choices"],
+            fallback_env=f.metadata["fallback_env"],
         )
         for f in dataclasses.fields(Settings)
     ]
@@ -210,5 +278,7 @@ def settings_table() -> str:
         meaning = s.help
         if s.choices:
             meaning += " One of: " + ", ".join(f"`{c}`" for c in s.choices) + "."
-        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.default}` | {meaning} |")
+        env = " ".join(f"`{e}`" for e in s.envvars)
+        default = "" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.flag}` | {env} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -11,6 +11,10 @@ The tree::
     │   ├── TooLarge             a message or awareness state over its size limit
     │   └── PolicyViolation      a peer over a rate or count limit
     ├── InvalidRoomName          a request path that does not name a room
+    ├── AuthError                a connection was not let in (an HTTP status)
+    │   ├── Unauthorized         no credentials, or bad ones (401)
+    │   ├── Forbidden            good credentials, but not for this room (403)
+    │   └── AuthUnavailable      the auth backend could not be asked (503)
     └── StoreError               the store failed or holds data we cannot read
         └── SchemaError          the database was written by a newer ysyncd
 """
@@ -18,7 +22,10 @@ The tree::
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
+    "AuthUnavailable",
     "DecodeError",
+    "Forbidden",
     "InvalidRoomName",
     "InvalidUpdate",
     "PolicyViolation",
@@ -26,6 +33,7 @@ __all__ = [
     "SchemaError",
     "StoreError",
     "TooLarge",
+    "Unauthorized",
     "UnknownMessageType",
     "UnsupportedFrame",
     "YsyncdError",
@@ -66,6 +74,31 @@ class PolicyViolation(ProtocolError):
 
 class InvalidRoomName(YsyncdError):
     """The request path does not name a valid room (HTTP 400)."""
+
+
+class AuthError(YsyncdError):
+    """The request is refused before the upgrade, with :attr:`status`.
+
+    The message is sent to the client and logged, so it never holds a token.
+    """
+
+    status = 401
+
+
+class Unauthorized(AuthError):
+    """Missing, malformed, expired, revoked or wrongly signed credentials."""
+
+
+class Forbidden(AuthError):
+    """The credentials are good, but do not grant this room (or origin)."""
+
+    status = 403
+
+
+class AuthUnavailable(AuthError):
+    """The JupyterHub or Jupyter server that decides could not be reached."""
+
+    status = 503
 
 
 class StoreError(YsyncdError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +30,18 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from ysyncd.auth import Authorizer, Grant, allowed_origins, build_authorizer
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
-from ysyncd.errors import InvalidRoomName, ProtocolError, StoreError, UnsupportedFrame
+from ysyncd.errors import (
+    AuthError,
+    Forbidden,
+    InvalidRoomName,
+    ProtocolError,
+    StoreError,
+    UnsupportedFrame,
+)
 from ysyncd.keepalive import Keepalive
 from ysyncd.names import room_from_path
 from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
@@ -60,6 +69,7 @@ class Admission:
     room: str
     dialect: Dialect = YWebsocket
     read_only: bool = False
+    user: str = "anonymous"
 
 
 class _App:
@@ -72,8 +82,11 @@ class _App:
         committer: Committer,
         stats: Stats,
         keepalive: Keepalive | None,
+        authorizer: Authorizer,
     ) -> None:
         self.settings = settings
+        self.authorizer = authorizer
+        self.origins = allowed_origins(settings)
         self.keepalive = keepalive
         self.registry = registry
         self.committer = committer
@@ -107,7 +120,7 @@ class _App:
             return "max_peers_per_room"
         return None
 
-    def process_request(
+    async def process_request(
         self, conn: ServerConnection, request: Request
     ) -> Response | None:
         if "websocket" not in request.headers.get("Upgrade", "").lower():
@@ -119,12 +132,32 @@ class _App:
         except InvalidRoomName as exc:
             self.stats.limit_hit("room_name", str(exc))
             return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        try:
+            grant = await self._authorize(request, room)
+        except AuthError as exc:
+            return self._refuse(conn, room, exc)
         limit = self._over_limit(room)
         if limit is not None:
             self.stats.limit_hit(limit, f"refused a connection to {room!r}")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
-        self.admissions[conn] = Admission(room)
+        self.admissions[conn] = Admission(
+            room, read_only=grant.read_only, user=grant.user
+        )
         return None
+
+    async def _authorize(self, request: Request, room: str) -> Grant:
+        origin = request.headers.get("Origin")
+        if self.origins and origin is not None and origin not in self.origins:
+            raise Forbidden("this origin may not connect")
+        return await self.authorizer.authorize(request, room)
+
+    def _refuse(self, conn: ServerConnection, room: str, exc: AuthError) -> Response:
+        # The reason goes to the client and the log; it never holds a token.
+        self.stats.refused(exc.status, f"room {room!r}: {exc}")
+        response = conn.respond(exc.status, f"{exc}\n")
+        if exc.status == http.HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="ysyncd"'
+        return response
 
     def _plain_http(self, conn: ServerConnection, path: str) -> Response:
         # Only requests without an upgrade reach these, so rooms may have any name.
@@ -234,13 +267,45 @@ async def _wait_rebuilt(room: Room) -> None:
         raise RoomFailed("room reset; reconnect")
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context for --certfile/--keyfile, or None for plain ws://."""
+    if settings.certfile is None:
+        if settings.keyfile is not None:
+            raise ValueError("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.certfile, settings.keyfile)
+    return context
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
     on_listening: Listening | None = None,
+    authorizer: Authorizer | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve until ``stop`` is set, then shut down gracefully (see module docs)."""
+    """Serve until ``stop`` is set, then shut down gracefully (see module docs).
+
+    ``authorizer`` defaults to the one ``settings.auth`` names; ``tls`` (see
+    :func:`tls_context`) serves wss:// instead of ws://.
+    """
+    if authorizer is None:
+        authorizer = build_authorizer(settings)
+    try:
+        await _serve(settings, stop, on_listening, authorizer, tls)
+    finally:
+        await authorizer.aclose()
+
+
+async def _serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_listening: Listening | None,
+    authorizer: Authorizer,
+    tls: ssl.SSLContext | None,
+) -> None:
     store = await open_store(settings.db, synchronous=settings.sqlite_synchronous)
     try:
         committer = Committer(
@@ -268,7 +333,7 @@ async def serve(
             if settings.ping_interval:
                 keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
                 tg.start_soon(keepalive.run)
-            app = _App(settings, registry, committer, Stats(), keepalive)
+            app = _App(settings, registry, committer, Stats(), keepalive, authorizer)
             async with ws_serve(
                 app.handler,
                 settings.host,
@@ -283,8 +348,9 @@ async def serve(
                 ping_timeout=None,
                 close_timeout=settings.close_timeout,
                 server_header=None,
+                ssl=tls,
             ) as server:
-                _announce(server, on_listening)
+                _announce(server, on_listening, "wss" if tls else "ws")
                 await stop.wait()
                 await _shut_down(server, committer, settings.shutdown_timeout)
             # Commit what arrived during the close, finish any compaction, then
@@ -302,10 +368,10 @@ async def serve(
     log.info("ysyncd stopped")
 
 
-def _announce(server: Server, on_listening: Listening | None) -> None:
+def _announce(server: Server, on_listening: Listening | None, scheme: str) -> None:
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        log.info("ysyncd listening on ws://%s:%d", host, port)
+        log.info("ysyncd listening on %s://%s:%d", scheme, host, port)
         if on_listening is not None:
             on_listening(host, port)
 

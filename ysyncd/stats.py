@@ -22,6 +22,7 @@ class Stats:
         self.counters: Counter[str] = Counter()
         self.limits: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
+        self.refusals: Counter[int] = Counter()
         self.gauges: dict[str, Callable[[], float]] = {}
         #: Counters kept elsewhere (e.g. by the committer), read at scrape time.
         self.counter_reads: dict[str, Callable[[], int]] = {}
@@ -38,6 +39,19 @@ class Stats:
                 detail,
             )
         self.limits[limit] += 1
+
+    def refused(self, status: int, detail: str) -> None:
+        """Count a connection refused by auth; log the first of each status."""
+        if not self.refusals[status]:
+            log.warning(
+                "refused a connection with HTTP %d: %s (further refusals are "
+                "counted in /metrics and logged at debug level)",
+                status,
+                detail,
+            )
+        else:
+            log.debug("refused a connection with HTTP %d: %s", status, detail)
+        self.refusals[status] += 1
 
     def closed(self, code: int) -> None:
         self.closes[code] += 1
@@ -58,6 +72,11 @@ class Stats:
         lines += [
             f'ysyncd_limit_hits_total{{limit="{k}"}} {v}'
             for k, v in sorted(self.limits.items())
+        ]
+        lines.append("# TYPE ysyncd_auth_refusals_total counter")
+        lines += [
+            f'ysyncd_auth_refusals_total{{status="{k}"}} {v}'
+            for k, v in sorted(self.refusals.items())
         ]
         lines.append("# TYPE ysyncd_closes_total counter")
         lines += [
