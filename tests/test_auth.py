@@ -88,9 +88,8 @@ read_only = true
 
 @pytest.fixture
 async def token_server(db_path: Path, token_file: Path) -> Any:
-    async with running_server(
-        db_path, "--auth", "token", "--token-file", str(token_file)
-    ) as server:
+    args = ("--auth", "token", "--token-file", str(token_file))
+    async with running_server(db_path, *args, "--auth-cache-seconds", "1") as server:
         yield server
 
 
@@ -124,12 +123,13 @@ async def test_token_file_opens_only_the_rooms_it_names(
 async def test_token_file_changes_apply_without_restart(
     token_server: ServerProcess, token_file: Path
 ) -> None:
-    """Rewriting the file revokes a token for the next connection."""
+    """Rewriting the file revokes a token: new connections get 401, and open
+    ones are closed with 4403 within --auth-cache-seconds."""
     url = token_server.url
-    async with YClient.connect(url, f"notes/b?token={ALICE}"):
-        pass
-    replace_in_file(token_file, ALICE, "rotated-" + ALICE)
-    assert await refusal(f"{url}/notes/b?token={ALICE}") == 401
+    async with YClient.connect(url, f"notes/b?token={ALICE}") as open_one:
+        replace_in_file(token_file, ALICE, "rotated-" + ALICE)
+        assert await refusal(f"{url}/notes/b?token={ALICE}") == 401
+        assert await open_one.wait_closed(timeout=10) == 4403
     async with YClient.connect(url, f"notes/b?token=rotated-{ALICE}"):
         pass
 

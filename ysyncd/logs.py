@@ -41,6 +41,8 @@ def configure(level: str) -> None:
         RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), handlers=[handler])
-    # websockets logs every handshake at INFO; ours says what matters.
+    # websockets logs every handshake at INFO, httpx every auth request;
+    # ours says what matters.
     if level != "debug":
-        logging.getLogger("websockets").setLevel(logging.WARNING)
+        for noisy in ("websockets", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

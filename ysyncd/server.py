@@ -30,7 +30,14 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from ysyncd.auth import Authorizer, Grant, allowed_origins, build_authorizer
+from ysyncd.auth import (
+    ANYONE,
+    Authorizer,
+    Grant,
+    allowed_origins,
+    build_authorizer,
+)
+from ysyncd.auth.recheck import Rechecker, credentials_only
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
 from ysyncd.dialect import Dialect, YWebsocket
@@ -68,8 +75,9 @@ class Admission:
 
     room: str
     dialect: Dialect = YWebsocket
-    read_only: bool = False
-    user: str = "anonymous"
+    grant: Grant = ANYONE
+    #: What the Rechecker presents again later, when the provider rechecks.
+    credentials: Request | None = None
 
 
 class _App:
@@ -86,6 +94,11 @@ class _App:
     ) -> None:
         self.settings = settings
         self.authorizer = authorizer
+        self.rechecker = (
+            Rechecker(authorizer, max(settings.auth_cache_seconds, 1.0))
+            if authorizer.rechecks
+            else None
+        )
         self.origins = allowed_origins(settings)
         self.keepalive = keepalive
         self.registry = registry
@@ -141,7 +154,9 @@ class _App:
             self.stats.limit_hit(limit, f"refused a connection to {room!r}")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
         self.admissions[conn] = Admission(
-            room, read_only=grant.read_only, user=grant.user
+            room,
+            grant=grant,
+            credentials=credentials_only(request) if self.rechecker else None,
         )
         return None
 
@@ -180,6 +195,10 @@ class _App:
                 message.headers.clear()
         if self.keepalive is not None:
             self.keepalive.add(conn)
+        if self.rechecker is not None and admission.credentials is not None:
+            self.rechecker.add(
+                conn, admission.credentials, admission.room, admission.grant
+            )
         self.connections += 1
         self.stats.count("connections")
         try:
@@ -201,7 +220,7 @@ class _App:
         peer = Peer(
             conn,
             admission.dialect,
-            read_only=admission.read_only,
+            read_only=admission.grant.read_only,
             send_buffer_bytes=self.settings.send_buffer_bytes,
             on_slow=self._on_slow_peer,
         )
@@ -334,6 +353,8 @@ async def _serve(
                 keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
                 tg.start_soon(keepalive.run)
             app = _App(settings, registry, committer, Stats(), keepalive, authorizer)
+            if app.rechecker is not None:
+                tg.start_soon(app.rechecker.run)
             async with ws_serve(
                 app.handler,
                 settings.host,

@@ -73,6 +73,10 @@ ANYONE = Grant("anonymous", Globs(("*",)))
 class Authorizer(Protocol):
     """An auth provider (``--auth``)."""
 
+    #: Whether open connections are presented again (see recheck.py): true
+    #: where access can be withdrawn while a socket is open.
+    rechecks: bool
+
     async def authorize(self, request: Request, room: str) -> Grant:
         """The grant for this request to open ``room``.
 
@@ -91,12 +95,16 @@ class Authorizer(Protocol):
 class LocalAuthorizer:
     """A provider that decides alone, holding nothing to release."""
 
+    rechecks = True
+
     async def aclose(self) -> None:
         return None
 
 
 class NoAuth(LocalAuthorizer):
     """``--auth none``: everyone may open and edit every room."""
+
+    rechecks = False
 
     async def authorize(self, request: Request, room: str) -> Grant:
         return ANYONE

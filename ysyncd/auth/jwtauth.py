@@ -32,6 +32,9 @@ LEEWAY_S = 5
 
 
 class JwtAuth(LocalAuthorizer):
+    # A token cannot be revoked, and its exp bounds the connect, not the session.
+    rechecks = False
+
     def __init__(self, *, secret_file: Path | None, public_key_file: Path | None):
         if (secret_file is None) == (public_key_file is None):
             raise ValueError(

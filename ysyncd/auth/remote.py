@@ -34,6 +34,8 @@ class Answer:
 
 
 class Remote:
+    rechecks = True
+
     def __init__(self, cache_seconds: float) -> None:
         # The deciding servers are internal: no proxies from the environment.
         self.client = httpx.AsyncClient(
@@ -60,12 +62,17 @@ class Remote:
             if pending is None:
                 pending = asyncio.ensure_future(self._ask(url, headers))
                 self._inflight[key] = pending
-                pending.add_done_callback(lambda _: self._inflight.pop(key, None))
+                pending.add_done_callback(lambda done: self._settle(key, done))
             answer = await asyncio.shield(pending)
-            self.cache.put(key, answer)
         if answer.body is None:
             raise Unauthorized("the token or cookie was refused")
         return answer.body
+
+    def _settle(self, key: str, done: asyncio.Future[Answer]) -> None:
+        # Here rather than in the waiters: they may all have hung up.
+        del self._inflight[key]
+        if not done.cancelled() and done.exception() is None:
+            self.cache.put(key, done.result())
 
     async def _ask(self, url: str, headers: dict[str, str]) -> Answer:
         # Log the server only: the URL and headers may carry credentials.
