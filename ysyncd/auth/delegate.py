@@ -11,6 +11,10 @@ room's namespace (e.g. ``http://hub:8000/user/{owner}/{server}``), so each
 room is checked by the server it belongs to, and the grant opens that
 server's rooms only.
 
+Jupyter names its login cookie after the host and port the browser used, so
+for cookie sign-in the delegate URL must use them too (or the Jupyter server
+must fix ``IdentityProvider.cookie_name``).
+
 A cookie is sent by the browser whatever page opened the socket, so a
 cookie-only request must come from an ``--allowed-origins`` origin
 (cross-site WebSocket hijacking).

@@ -9,7 +9,6 @@ server that cannot be reached gives 503 every time until it can.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +88,7 @@ class Remote:
             raise AuthUnavailable(f"the auth server answered {response.status_code}")
         try:
             body = response.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even UTF-8
             body = None
         if not isinstance(body, dict):
             log.error("auth: %s answered something that is not a JSON object", server)
