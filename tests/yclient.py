@@ -101,7 +101,7 @@ class YClient:
         try:
             async for frame in self.ws:
                 assert isinstance(frame, bytes)
-                for message in protocol.decode(frame):
+                for message in self._decode(frame):
                     self.received.append(message)
                     await self._handle(message)
                 self._changed.set()
@@ -111,6 +111,9 @@ class YClient:
             if self.ws.protocol.close_rcvd is not None:
                 self.close_code = self.ws.protocol.close_rcvd.code
             self._changed.set()
+
+    def _decode(self, frame: bytes) -> list[protocol.Message]:
+        return protocol.decode(frame)
 
     async def _handle(self, message: protocol.Message) -> None:
         match message:

@@ -217,6 +217,42 @@ class Settings:
         "Regular expression over the room name whose 'owner' and 'server' groups "
         "name the Jupyter server (namespace) a room belongs to.",
     )
+    jupyter_files: str = _setting(
+        "none",
+        "Where Jupyter document rooms keep their files: fs (--fs-root), contents "
+        "(the Jupyter server's Contents API), or none (rooms live in ysyncd only).",
+        choices=("none", "fs", "contents"),
+    )
+    fs_root: str = _setting(
+        "",
+        "Directory holding each Jupyter server's files (--jupyter-files fs); "
+        "{owner} and {server} are filled from the room's namespace.",
+    )
+    jupyter_url: str = _setting(
+        "",
+        "Base URL of the Jupyter server a room's file ids belong to (its fileid "
+        "and Contents APIs); {owner} and {server} are filled from the namespace.",
+    )
+    jupyter_token: str = _setting(
+        "",
+        "Token for --jupyter-url; $JUPYTERHUB_API_TOKEN when unset.",
+        fallback_env="JUPYTERHUB_API_TOKEN",
+    )
+    save_delay: float = _setting(
+        1.0,
+        "Save a Jupyter document this many seconds after its last change.",
+        minimum=0,
+    )
+    poll_interval: float = _setting(
+        1.0,
+        "Check a Jupyter document's file for outside edits this often (seconds).",
+        minimum=0.05,
+    )
+    skip_session_check: bool = _setting(
+        False,
+        "Accept Jupyter clients whose sessionId is not this store's epoch "
+        "(when another server hands out session ids).",
+    )
     certfile: Path | None = _setting(
         None, "PEM certificate chain: serve wss:// (TLS) with --keyfile."
     )

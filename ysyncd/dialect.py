@@ -11,7 +11,7 @@ from __future__ import annotations
 from ysyncd import protocol
 from ysyncd.protocol import Message, PermissionDenied
 
-__all__ = ["Dialect", "YWebsocket"]
+__all__ = ["Dialect", "Jupyter", "YWebsocket"]
 
 
 class Dialect:
@@ -24,8 +24,24 @@ class Dialect:
         return protocol.decode(frame)
 
     def refusal(self, reason: str) -> bytes | None:
-        """The frame telling a peer its write was refused, or None to close it."""
+        """The frame telling a peer its write was not applied, or None to say
+        nothing."""
         return protocol.encode(PermissionDenied(reason))
 
 
+class JupyterDialect(Dialect):
+    """JupyterLab's provider: type 2 carries save requests and JSON replies."""
+
+    name = "jupyter"
+
+    def decode(self, frame: bytes) -> list[Message]:
+        return protocol.decode_jupyter(frame)
+
+    def refusal(self, reason: str) -> bytes | None:
+        # Its provider would misread an auth frame; jupyter_server_ydoc drops
+        # a read-only client's updates without a word, and so do we.
+        return None
+
+
 YWebsocket = Dialect()
+Jupyter = JupyterDialect()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 
 import anyio
@@ -31,14 +32,15 @@ class Keepalive:
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
-        self._due: deque[tuple[float, ServerConnection]] = deque()
+        # Weak: a closed connection must not stay in memory until its turn.
+        self._due: deque[tuple[float, weakref.ref[ServerConnection]]] = deque()
         self._waiting: deque[tuple[float, ServerConnection, asyncio.Future[float]]] = (
             deque()
         )
         self._closing: set[asyncio.Task[None]] = set()
 
     def add(self, conn: ServerConnection) -> None:
-        self._due.append((conn.loop.time() + self.interval, conn))
+        self._due.append((conn.loop.time() + self.interval, weakref.ref(conn)))
 
     async def run(self) -> None:
         # A few ticks per interval keeps each ping within a quarter interval
@@ -54,10 +56,11 @@ class Keepalive:
     async def _ping_due(self, now: float) -> None:
         due = self._due
         while due and due[0][0] <= now:
-            _, conn = due.popleft()
-            if conn.protocol.state is not State.OPEN:
+            _, ref = due.popleft()
+            conn = ref()
+            if conn is None or conn.protocol.state is not State.OPEN:
                 continue  # gone: forget it
-            due.append((now + self.interval, conn))
+            due.append((now + self.interval, ref))
             if conn.paused:
                 # Its send buffer is full, so ping() would wait for it to
                 # drain; the slow-reader limit deals with such peers.

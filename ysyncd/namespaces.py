@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PATTERN", "Namespace", "PathPattern"]
+__all__ = ["DEFAULT_PATTERN", "Located", "Namespace", "PathPattern"]
 
 #: JupyterHub's URL layout, with any base URL or service prefix before it.
 #: ``server`` is absent for a user's default server.
@@ -33,6 +33,18 @@ class Namespace:
         return f"user/{self.owner}/{self.server}"
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A room name read with the pattern."""
+
+    namespace: Namespace
+    #: The name without the pattern's ``prefix`` (a base URL or a service
+    #: prefix), so every route to one server's room names the same room.
+    key: str
+    #: The ``room`` group: JupyterLab's room id, e.g. ``json:notebook:<file id>``.
+    room_id: str
+
+
 class PathPattern:
     """A regular expression with ``owner`` and optional ``server`` groups."""
 
@@ -44,8 +56,19 @@ class PathPattern:
 
     def namespace(self, room: str) -> Namespace | None:
         """The namespace ``room`` is in, or None if it is in none."""
+        located = self.locate(room)
+        return None if located is None else located.namespace
+
+    def locate(self, room: str) -> Located | None:
+        """Where ``room`` is, or None if it is in no namespace."""
         match = self.regex.match(room)
         if match is None:
             return None
         groups = match.groupdict()
-        return Namespace(groups["owner"], groups.get("server") or "")
+        key = room
+        if groups.get("prefix") is not None:
+            key = room[match.end("prefix") + 1 :]
+        room_id = groups.get("room") or room.rpartition("/")[2]
+        return Located(
+            Namespace(groups["owner"], groups.get("server") or ""), key, room_id
+        )

@@ -119,9 +119,7 @@ class Peer:
 
     def refuse_write(self, reason: str) -> None:
         frame = self.dialect.refusal(reason)
-        if frame is None:
-            self.close(CloseCode.POLICY_VIOLATION, reason)
-        else:
+        if frame is not None:
             self.send(frame)
 
     def close(self, code: int, reason: str) -> None:

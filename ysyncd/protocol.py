@@ -14,6 +14,12 @@ by that many bytes::
     auth            = varUint(2) varUint(0) varString(reason)  ; permission denied
     queryAwareness  = varUint(3)
 
+JupyterLab's provider gives type 2 another meaning ("raw" JSON messages), so
+on Jupyter rooms :func:`decode_jupyter` reads it instead::
+
+    raw             = varUint(2) varString("save") varUint(saveId)   ; client
+                    | varUint(2) varString(json)                     ; server
+
 A frame may hold several messages; newer clients concatenate them, so
 :func:`decode` returns every message in order.
 
@@ -36,6 +42,7 @@ from ysyncd.errors import DecodeError, UnknownMessageType
 __all__ = [
     "MAX_MESSAGES_PER_FRAME",
     "Awareness",
+    "JupyterSave",
     "Message",
     "MessageType",
     "PermissionDenied",
@@ -45,7 +52,9 @@ __all__ = [
     "SyncType",
     "Update",
     "decode",
+    "decode_jupyter",
     "encode",
+    "encode_raw",
     "encode_update",
 ]
 
@@ -118,7 +127,22 @@ class PermissionDenied:
     reason: str
 
 
-Message = SyncStep1 | SyncStep2 | Update | Awareness | QueryAwareness | PermissionDenied
+@dataclass(frozen=True, slots=True)
+class JupyterSave:
+    """Client to server, Jupyter rooms only: save the document now."""
+
+    save_id: int
+
+
+Message = (
+    SyncStep1
+    | SyncStep2
+    | Update
+    | Awareness
+    | QueryAwareness
+    | PermissionDenied
+    | JupyterSave
+)
 
 
 class Reader:
@@ -171,8 +195,13 @@ class Reader:
             raise DecodeError("string is not valid UTF-8") from exc
 
 
-def _read_message(reader: Reader) -> Message:
+def _read_message(reader: Reader, *, jupyter: bool = False) -> Message:
     kind = reader.var_uint()
+    if jupyter and kind == MessageType.AUTH:
+        request = reader.var_string()
+        if request != "save":
+            raise UnknownMessageType(f"unknown Jupyter raw message {request[:40]!r}")
+        return JupyterSave(reader.var_uint())
     if kind == MessageType.SYNC:
         sync_type = reader.var_uint()
         payload = reader.var_bytes()
@@ -195,7 +224,7 @@ def _read_message(reader: Reader) -> Message:
     raise UnknownMessageType(f"unknown message type {kind}")
 
 
-def decode(frame: bytes) -> list[Message]:
+def decode(frame: bytes, *, jupyter: bool = False) -> list[Message]:
     """Decode every message in one binary frame.
 
     Raises:
@@ -209,8 +238,18 @@ def decode(frame: bytes) -> list[Message]:
     while reader.remaining:
         if len(messages) == MAX_MESSAGES_PER_FRAME:
             raise DecodeError(f"more than {MAX_MESSAGES_PER_FRAME} messages in a frame")
-        messages.append(_read_message(reader))
+        messages.append(_read_message(reader, jupyter=jupyter))
     return messages
+
+
+def decode_jupyter(frame: bytes) -> list[Message]:
+    """:func:`decode`, with type 2 read as JupyterLab's raw messages."""
+    return decode(frame, jupyter=True)
+
+
+def encode_raw(json_text: str) -> bytes:
+    """A Jupyter raw message (type 2) carrying JSON, e.g. a save reply."""
+    return b"\x02" + _var_string(json_text)
 
 
 def encode_update(update: bytes) -> bytes:
@@ -233,6 +272,8 @@ def encode(message: Message) -> bytes:
             return b"\x03"
         case PermissionDenied(reason):
             return b"\x02" + write_var_uint(_PERMISSION_DENIED) + _var_string(reason)
+        case JupyterSave(save_id):
+            return b"\x02" + _var_string("save") + write_var_uint(save_id)
     raise TypeError(f"not a message: {message!r}")  # pragma: no cover
 
 

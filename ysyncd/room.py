@@ -47,11 +47,30 @@ from ysyncd.protocol import (
     encode_update,
 )
 
-__all__ = ["AwarenessPolicy", "PeerLike", "Room"]
+__all__ = ["AwarenessPolicy", "PeerLike", "Room", "RoomDocument"]
 
 log = logging.getLogger("ysyncd.room")
 
 _EMPTY_UPDATE = b"\x00\x00"
+
+
+class RoomDocument(Protocol):
+    """A room's companion that keeps it in step with a file (Jupyter rooms)."""
+
+    #: True once the file is gone; new connections are turned away.
+    gone: bool
+
+    async def save(self) -> str:
+        """Save now; "success", "skipped" or "failed" (Jupyter's statuses)."""
+        ...
+
+    async def save_if_changed(self) -> None:
+        """Save the document if it differs from the file (before eviction)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop watching the file; the room has been evicted."""
+        ...
 
 
 class PeerLike(Protocol):
@@ -129,6 +148,7 @@ class Room:
         "_policy",
         "awareness",
         "doc",
+        "document",
         "failed",
         "key",
         "peers",
@@ -157,6 +177,8 @@ class Room:
         self.rebuilt: asyncio.Event | None = None
         #: True once the room gave up (a rebuild failed); its peers must leave.
         self.failed = False
+        #: What keeps the room in step with a file (Jupyter rooms), or None.
+        self.document: RoomDocument | None = None
         self._committer = committer
         self._policy = policy
         self._clock = clock
@@ -233,6 +255,14 @@ class Room:
         except RuntimeError as exc:  # refused while integrating: maybe half-applied
             self._taint()
             raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
+        self.record(update)
+
+    def record(self, update: bytes) -> None:
+        """Store and echo an update already applied to :attr:`doc`.
+
+        Server-side edits (a file loaded or changed on disk, a save's state)
+        are made on the doc directly and recorded here, like a peer's update.
+        """
         self._applied += 1
         seq = self._applied
         self._held.append((seq, None, encode_update(update), update))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -31,12 +31,15 @@ from pycrdt import Doc
 from websockets.frames import CloseCode
 
 from ysyncd.commits import Committer
-from ysyncd.errors import StoreError
+from ysyncd.errors import StoreError, YsyncdError
 from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
 from ysyncd.store import StoredRoom
 from ysyncd.store.snapshot import doc_from_updates
 
-__all__ = ["RoomRegistry"]
+__all__ = ["RoomRegistry", "Setup"]
+
+#: Runs once on a freshly loaded room, before anyone joins it.
+Setup = Callable[[Room], Awaitable[None]]
 
 log = logging.getLogger("ysyncd.rooms")
 
@@ -85,8 +88,12 @@ class RoomRegistry:
                 except Exception:  # one room's bug must not stop the others'
                     log.exception("tick of room %r failed", room.key)
 
-    async def acquire(self, key: str) -> Room:
-        """The loaded room ``key``, counted as in use until :meth:`release`."""
+    async def acquire(self, key: str, setup: Setup | None = None) -> Room:
+        """The loaded room ``key``, counted as in use until :meth:`release`.
+
+        ``setup`` runs once, when the room is loaded and before anyone joins
+        it (a Jupyter room reads its file there); if it raises, the load fails.
+        """
         while True:
             room = self.rooms.get(key)
             if room is None:
@@ -94,7 +101,7 @@ class RoomRegistry:
                 if loading is None:
                     loading = asyncio.get_running_loop().create_future()
                     self._loading[key] = loading
-                    self._tg.start_soon(self._load, key, loading)
+                    self._tg.start_soon(self._load, key, loading, setup)
                 room = await asyncio.shield(loading)
             # While we waited, the room may have been loaded, used and evicted.
             if self.rooms.get(key) is room:
@@ -123,15 +130,17 @@ class RoomRegistry:
         # Big histories are CPU-bound to apply; keep the event loop responsive.
         return await anyio.to_thread.run_sync(doc_from_updates, updates), stored
 
-    async def _load(self, key: str, loading: asyncio.Future[Room]) -> None:
+    async def _load(
+        self, key: str, loading: asyncio.Future[Room], setup: Setup | None
+    ) -> None:
         started = time.perf_counter()
         try:
             doc, stored = await self._read(key)
         except Exception as exc:  # whatever the store or pycrdt raised
             log.exception("loading room %r failed", key)
-            del self._loading[key]
-            loading.set_exception(StoreError(f"cannot load room {key!r}: {exc}"))
-            loading.exception()  # retrieved: joiners that gave up must not warn
+            self._fail_load(
+                key, loading, StoreError(f"cannot load room {key!r}: {exc}")
+            )
             return
         room = Room(
             key,
@@ -142,9 +151,22 @@ class RoomRegistry:
             on_taint=self._rebuild_soon,
             fan_out=self._fan_out,
         )
+        self._committer.track(key, stored.log_rows, stored.snapshot_bytes)
+        if setup is not None:
+            try:
+                await setup(room)
+            except YsyncdError as exc:
+                log.warning("setting up room %r failed: %s", key, exc)
+                self._committer.forget(key)
+                self._fail_load(key, loading, exc)
+                return
+            except Exception:  # a bug there must fail this room only
+                log.exception("setting up room %r failed", key)
+                self._committer.forget(key)
+                self._fail_load(key, loading, StoreError(f"cannot set up {key!r}"))
+                return
         del self._loading[key]
         self.rooms[key] = room
-        self._committer.track(key, stored.log_rows, stored.snapshot_bytes)
         loading.set_result(room)
         log.info(
             "room %r loaded: %d stored rows in %.1f ms",
@@ -152,6 +174,13 @@ class RoomRegistry:
             stored.log_rows,
             (time.perf_counter() - started) * 1000,
         )
+
+    def _fail_load(
+        self, key: str, loading: asyncio.Future[Room], exc: YsyncdError
+    ) -> None:
+        del self._loading[key]
+        loading.set_exception(exc)
+        loading.exception()  # retrieved: joiners that gave up must not warn
 
     def _rebuild_soon(self, room: Room) -> None:
         self._tg.start_soon(self._rebuild, room)
@@ -184,6 +213,10 @@ class RoomRegistry:
         try:
             with scope:
                 await anyio.sleep(self._idle_seconds)
+                if room.document is not None:
+                    # The last save; a join meanwhile keeps the room as it is.
+                    with anyio.CancelScope(shield=True):
+                        await room.document.save_if_changed()
                 await self._committer.flush()
         finally:
             if self._evictions.get(room.key) is scope:
@@ -192,4 +225,6 @@ class RoomRegistry:
             return
         del self.rooms[room.key]
         self._committer.forget(room.key)
+        if room.document is not None:
+            room.document.stop()
         log.info("room %r evicted after %.0f s idle", room.key, self._idle_seconds)

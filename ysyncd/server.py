@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 import logging
 import ssl
 import weakref
@@ -40,7 +41,7 @@ from ysyncd.auth import (
 from ysyncd.auth.recheck import Rechecker, credentials_only
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
-from ysyncd.dialect import Dialect, YWebsocket
+from ysyncd.dialect import Dialect, Jupyter, YWebsocket
 from ysyncd.errors import (
     AuthError,
     Forbidden,
@@ -49,6 +50,8 @@ from ysyncd.errors import (
     StoreError,
     UnsupportedFrame,
 )
+from ysyncd.jupyter.files import FileError, FileGone
+from ysyncd.jupyter.service import JupyterRooms, Route, unknown_session
 from ysyncd.keepalive import Keepalive
 from ysyncd.names import room_from_path
 from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
@@ -56,6 +59,7 @@ from ysyncd.room import AwarenessPolicy, Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
 from ysyncd.store import open_store
+from ysyncd.store.memory import MemoryStore
 
 __all__ = ["Admission", "serve"]
 
@@ -76,6 +80,8 @@ class Admission:
     room: str
     dialect: Dialect = YWebsocket
     grant: Grant = ANYONE
+    #: Where a Jupyter room connection goes; None for plain y-websocket rooms.
+    jupyter: Route | None = None
     #: What the Rechecker presents again later, when the provider rechecks.
     credentials: Request | None = None
 
@@ -91,7 +97,9 @@ class _App:
         stats: Stats,
         keepalive: Keepalive | None,
         authorizer: Authorizer,
+        jupyter: JupyterRooms,
     ) -> None:
+        self.jupyter = jupyter
         self.settings = settings
         self.authorizer = authorizer
         self.rechecker = (
@@ -149,12 +157,16 @@ class _App:
             grant = await self._authorize(request, room)
         except AuthError as exc:
             return self._refuse(conn, room, exc)
-        limit = self._over_limit(room)
+        route = self.jupyter.route(room, request.path.partition("?")[2])
+        key = room if route is None else route.key
+        limit = self._over_limit(key)
         if limit is not None:
             self.stats.limit_hit(limit, f"refused a connection to {room!r}")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
         self.admissions[conn] = Admission(
-            room,
+            key,
+            dialect=YWebsocket if route is None else Jupyter,
+            jupyter=route,
             grant=grant,
             credentials=credentials_only(request) if self.rechecker else None,
         )
@@ -182,6 +194,10 @@ class _App:
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
         if path == "/metrics":
             return conn.respond(http.HTTPStatus.OK, self.stats.render())
+        if path == "/_ysyncd/epoch":
+            # What a Jupyter session endpoint hands out as the sessionId.
+            epoch = json.dumps({"epoch": self.committer.store.epoch})
+            return conn.respond(http.HTTPStatus.OK, epoch + "\n")
         return conn.respond(
             http.HTTPStatus.UPGRADE_REQUIRED, "a y-websocket client is expected here\n"
         )
@@ -212,10 +228,44 @@ class _App:
                 self.stats.closed(code)
 
     async def _serve_peer(self, conn: ServerConnection, admission: Admission) -> None:
+        route, registry, setup = admission.jupyter, self.registry, None
+        if route is not None:
+            if route.target is None:
+                registry = self.jupyter.transient
+            else:
+                session = route.session
+                epoch = self.committer.store.epoch
+                if (
+                    session
+                    and session != epoch
+                    and not self.settings.skip_session_check
+                ):
+                    # History from a lineage this store does not hold: merging
+                    # it would duplicate cells. The client must reload.
+                    await conn.close(
+                        CloseCode.UNSUPPORTED_DATA, unknown_session(session)
+                    )
+                    return
+                setup = self.jupyter.setup(route.target)
         try:
-            room = await self.registry.acquire(admission.room)
+            room = await registry.acquire(admission.room, setup)
+        except FileError as exc:
+            await conn.close(exc.close_code, f"Error initializing: {exc}")
+            return
         except StoreError:
             await conn.close(CloseCode.INTERNAL_ERROR, "room could not be loaded")
+            return
+        try:
+            await self._serve_in_room(conn, admission, room)
+        finally:
+            registry.release(room)
+
+    async def _serve_in_room(
+        self, conn: ServerConnection, admission: Admission, room: Room
+    ) -> None:
+        binding = room.document
+        if binding is not None and binding.gone:
+            await conn.close(FileGone.close_code, "Error initializing: file deleted")
             return
         peer = Peer(
             conn,
@@ -236,7 +286,10 @@ class _App:
                 messages = peer.dialect.decode(frame)
                 await _wait_rebuilt(room)
                 for message in messages:
-                    room.receive(peer, message)
+                    if admission.jupyter is None:
+                        room.receive(peer, message)
+                    else:
+                        self.jupyter.receive(peer, room, message)
                 await self.committer.wait_for_room()
         except ProtocolError as exc:
             self.stats.limit_hit(f"bad_input_{type(exc).__name__}", str(exc))
@@ -249,7 +302,6 @@ class _App:
             await conn.close(CloseCode.INTERNAL_ERROR, str(exc))
         finally:
             room.leave(peer)
-            self.registry.release(room)
 
     def _on_slow_peer(self) -> None:
         self.stats.limit_hit("send_buffer_bytes", "a peer fell behind")
@@ -335,16 +387,17 @@ async def _serve(
         )
         async with anyio.create_task_group() as tg:
             await tg.start(committer.run)
+            policy = AwarenessPolicy(
+                timeout=settings.awareness_timeout,
+                max_state_bytes=settings.max_awareness_bytes,
+                rate=settings.awareness_rate,
+                max_clients=settings.max_awareness_clients,
+            )
             registry = RoomRegistry(
                 committer,
                 tg,
                 idle_seconds=settings.room_idle_seconds,
-                policy=AwarenessPolicy(
-                    timeout=settings.awareness_timeout,
-                    max_state_bytes=settings.max_awareness_bytes,
-                    rate=settings.awareness_rate,
-                    max_clients=settings.max_awareness_clients,
-                ),
+                policy=policy,
                 fan_out=fan_out,
             )
             tg.start_soon(registry.run_ticks)
@@ -352,7 +405,24 @@ async def _serve(
             if settings.ping_interval:
                 keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
                 tg.start_soon(keepalive.run)
-            app = _App(settings, registry, committer, Stats(), keepalive, authorizer)
+            # Transient Jupyter rooms (global awareness, forks): memory only.
+            scratch = Committer(MemoryStore(), batch_max=settings.commit_batch_max)
+            await tg.start(scratch.run)
+            jupyter = JupyterRooms(
+                settings,
+                RoomRegistry(
+                    scratch,
+                    tg,
+                    idle_seconds=settings.room_idle_seconds,
+                    policy=policy,
+                    fan_out=fan_out,
+                ),
+                tg,
+            )
+            tg.start_soon(jupyter.transient.run_ticks)
+            app = _App(
+                settings, registry, committer, Stats(), keepalive, authorizer, jupyter
+            )
             if app.rechecker is not None:
                 tg.start_soon(app.rechecker.run)
             async with ws_serve(

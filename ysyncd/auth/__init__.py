@@ -12,6 +12,8 @@ import importlib
 from typing import Any
 
 from ysyncd.auth.base import ANYONE, Authorizer, Grant, NoAuth
+from ysyncd.auth.delegate import DelegateAuth
+from ysyncd.auth.hub import HubAuth
 from ysyncd.auth.tokenfile import TokenFile
 from ysyncd.config import Settings
 from ysyncd.namespaces import PathPattern
@@ -41,13 +43,9 @@ def build_authorizer(settings: Settings) -> Authorizer:
             public_key_file=settings.jwt_public_key_file,
         )
     if kind == "jupyterhub":
-        hub = _extra("hub", kind)
-        return hub.HubAuth(  # type: ignore[no-any-return]
-            settings.hub_api_url, pattern, settings.auth_cache_seconds
-        )
+        return HubAuth(settings.hub_api_url, pattern, settings.auth_cache_seconds)
     if kind == "delegate":
-        delegate = _extra("delegate", kind)
-        return delegate.DelegateAuth(  # type: ignore[no-any-return]
+        return DelegateAuth(
             settings.delegate_url,
             pattern,
             settings.auth_cache_seconds,
@@ -57,7 +55,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
 
 
 def _extra(module: str, kind: str) -> Any:
-    # PyJWT and httpx come with the [auth] extra; import them only when used.
+    # PyJWT comes with the [auth] extra; import it only when used.
     try:
         return importlib.import_module(f"ysyncd.auth.{module}")
     except ImportError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 
 import anyio
@@ -45,14 +46,18 @@ class Rechecker:
     def __init__(self, authorizer: Authorizer, interval: float) -> None:
         self.authorizer = authorizer
         self.interval = interval
-        self._due: deque[tuple[float, ServerConnection, Request, str, Grant]] = deque()
+        # Weak: a closed connection must not stay in memory until its turn.
+        self._due: deque[
+            tuple[float, weakref.ref[ServerConnection], Request, str, Grant]
+        ] = deque()
         self._closing: set[asyncio.Future[None]] = set()
 
     def add(
         self, conn: ServerConnection, request: Request, room: str, grant: Grant
     ) -> None:
         due = conn.loop.time() + self.interval
-        self._due.append((due, conn, credentials_only(request), room, grant))
+        entry = (due, weakref.ref(conn), credentials_only(request), room, grant)
+        self._due.append(entry)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,12 +74,13 @@ class Rechecker:
     async def _check(
         self,
         now: float,
-        conn: ServerConnection,
+        ref: weakref.ref[ServerConnection],
         request: Request,
         room: str,
         grant: Grant,
     ) -> None:
-        if conn.protocol.state is not State.OPEN:
+        conn = ref()
+        if conn is None or conn.protocol.state is not State.OPEN:
             return
         try:
             fresh = await self.authorizer.authorize(request, room)
@@ -88,7 +94,7 @@ class Rechecker:
             log.info("closing %s's connection to %r: now read-only", grant.user, room)
             self._close(conn, "access is now read-only; reconnect")
             return
-        self._due.append((now + self.interval, conn, request, room, grant))
+        self._due.append((now + self.interval, ref, request, room, grant))
 
     def _close(self, conn: ServerConnection, reason: str) -> None:
         # Not awaited here: the closing handshake may take --close-timeout.

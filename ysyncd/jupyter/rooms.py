@@ -1,0 +1,264 @@
+"""A Jupyter document room kept in step with its file: load, save, outside edits.
+
+The room's history lives in ysyncd's store like any room's; the file is where
+JupyterLab users expect their work. :class:`FileBinding` joins the two:
+
+- **Load.** A room with no stored history is built from the file
+  deterministically (the same content gives the same Yjs items, so a client
+  holding an older build of it merges without duplicating cells). A room
+  whose history disagrees with the file (edited while ysyncd was away) gets
+  the file's content as a granular edit on top.
+- **Save.** After ``save_delay`` seconds without changes, and only when the
+  content differs from what was last saved, the file is written and
+  ``state.dirty``/``state.hash`` are set. A client's "save" request saves at
+  once. Clients whose awareness says ``autosave: false`` are respected as in
+  jupyter_server_ydoc: autosave runs unless every client turned it off.
+- **Outside edits.** The file is polled every ``poll_interval`` seconds. A
+  change made outside is merged as a CRDT edit made *from the last saved
+  version*, so edits in the room that are not saved yet survive next to it
+  (jupyter_server_ydoc reloads the file and drops them). A rename updates
+  ``state.path``; a deleted file turns new connections away with 4404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from pycrdt import Doc
+
+from ysyncd.errors import YsyncdError
+from ysyncd.jupyter import documents
+from ysyncd.jupyter.files import FileGone, Files, FileState
+from ysyncd.namespaces import Namespace
+from ysyncd.room import Room
+
+__all__ = ["FileBinding", "SaveStatus", "Target"]
+
+log = logging.getLogger("ysyncd.jupyter")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Which file a Jupyter document room is about."""
+
+    namespace: Namespace
+    file_format: str
+    file_type: str
+    file_id: str
+
+
+SaveStatus = str  # "success" | "skipped" | "failed", as the frontend expects
+
+
+class FileBinding:
+    """Keeps one room and one file in step (see the module docs)."""
+
+    def __init__(
+        self,
+        target: Target,
+        files: Files,
+        task_group: TaskGroup,
+        *,
+        save_delay: float,
+        poll_interval: float,
+        autosave_wanted: Callable[[Room], bool],
+    ) -> None:
+        self.target = target
+        self.files = files
+        self.save_delay = save_delay
+        self.poll_interval = poll_interval
+        self._autosave_wanted = autosave_wanted
+        self._tg = task_group
+        self._room: Room | None = None
+        self._model: Any = None
+        self.path = ""
+        #: Set once the file is gone: new connections get 4404.
+        self.gone = False
+        self._file: FileState | None = None
+        # Digest of the content the file holds, as last read or written.
+        self._saved = ""
+        self._base = b""  # the doc as of that content, to merge outside edits onto
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one load, save or merge at a time
+        self._scope = anyio.CancelScope()
+        self._subscription: Any = None
+
+    # -- set-up and tear-down, called by the registry ------------------------------
+
+    async def setup(self, room: Room) -> None:
+        """Bind ``room`` to its file; raises FileGone, BadFile, FilesUnavailable."""
+        t = self.target
+        path = await self.files.resolve(t.namespace, t.file_id)
+        if path is None:
+            raise FileGone(f"no file has the id {t.file_id!r}")
+        self.path = path
+        loaded = await self.files.read(t.namespace, path, t.file_format, t.file_type)
+        self._room = room
+        self._model = documents.model(t.file_type, room.doc)
+        if room.doc.get_state() == b"\x00":
+            room.apply(documents.deterministic_update(t.file_type, loaded.content))
+        elif documents.content(self._model) != self._normal(loaded.content):
+            log.info("%s changed while its room was away; merging", path)
+            self._edit(lambda: documents.set_content(self._model, loaded.content))
+        self._remember(loaded.state)
+        self._set_state(path=path, dirty=False, hash=loaded.state.hash)
+        room.document = self
+        self._subscription = room.doc.observe(self._on_change)
+        self._tg.start_soon(self._run)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+        if self._room is not None and self._subscription is not None:
+            self._room.doc.unobserve(self._subscription)
+            self._subscription = None
+
+    async def save_if_changed(self) -> None:
+        await self.save()
+
+    # -- saving -------------------------------------------------------------------
+
+    async def save(self) -> SaveStatus:
+        """Write the document if it differs from the file; set dirty and hash."""
+        if self._room is None or self.gone:
+            return "failed"
+        if self._lock.locked():
+            return "skipped"  # a load, save or merge is under way
+        async with self._lock:
+            try:
+                await self._merge_outside_edits()
+                content = documents.content(self._model)
+                if documents.content_digest(content) == self._saved:
+                    return "success"
+                t = self.target
+                state = await self.files.write(
+                    t.namespace, self.path, t.file_format, t.file_type, content
+                )
+            except FileGone:
+                self._mark_gone()
+                return "failed"
+            except YsyncdError as exc:
+                log.error("saving %s failed: %s", self.path, exc)
+                return "failed"
+            self._remember(state)
+            self._set_state(dirty=False, hash=state.hash)
+            log.debug("saved %s", self.path)
+            return "success"
+
+    def _on_change(self, _event: Any) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._autosave)
+                tg.start_soon(self._poll)
+
+    async def _autosave(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # Debounce: save once save_delay passes without another change.
+            while True:
+                with anyio.move_on_after(self.save_delay) as quiet:
+                    await self._wake.wait()
+                    self._wake.clear()
+                if quiet.cancelled_caught:
+                    break
+            room = self._room
+            if room is not None and self._autosave_wanted(room):
+                await self.save()
+
+    # -- outside edits ------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            await anyio.sleep(self.poll_interval)
+            if self._lock.locked():
+                continue
+            async with self._lock:
+                try:
+                    await self._follow_rename()
+                    await self._merge_outside_edits()
+                except FileGone:
+                    self._mark_gone()
+                    return
+                except YsyncdError as exc:
+                    log.warning("checking %s failed: %s", self.path, exc)
+
+    async def _follow_rename(self) -> None:
+        t = self.target
+        path = await self.files.resolve(t.namespace, t.file_id)
+        if path is None:
+            raise FileGone(f"file id {t.file_id!r} is gone")
+        if path != self.path:
+            log.info("%s was renamed to %s", self.path, path)
+            self.path = path
+            self._set_state(path=path)
+
+    async def _merge_outside_edits(self) -> None:
+        t = self.target
+        state = await self.files.stat(t.namespace, self.path)
+        if state is None:
+            raise FileGone(f"{self.path} was deleted")
+        if self._file is not None and state.hash == self._file.hash:
+            return
+        loaded = await self.files.read(
+            t.namespace, self.path, t.file_format, t.file_type
+        )
+        if documents.content_digest(self._normal(loaded.content)) == self._saved:
+            self._file = loaded.state  # touched, or written back as it was
+            return
+        log.info("%s was changed outside; merging it into the room", self.path)
+        # Replay the outside change onto the last saved version, then merge
+        # that edit: unsaved edits in the room stay, as concurrent ones.
+        base: Doc[Any] = Doc()
+        base.apply_update(self._base)
+        before = base.get_state()
+        documents.set_content(documents.model(t.file_type, base), loaded.content)
+        assert self._room is not None
+        self._room.apply(base.get_update(before))
+        self._file, self._base = loaded.state, base.get_update()
+        self._saved = documents.content_digest(self._normal(loaded.content))
+        self._set_state(hash=loaded.state.hash)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _normal(self, file_content: Any) -> Any:
+        return documents.normalize(self.target.file_type, file_content)
+
+    def _remember(self, state: FileState) -> None:
+        """The room's content is now the file's (just loaded or saved)."""
+        assert self._room is not None
+        self._saved = documents.content_digest(documents.content(self._model))
+        self._file = state
+        self._base = self._room.doc.get_update()
+
+    def _edit(self, change: Callable[[], None]) -> None:
+        """Make a server-side change to the room's doc and record it."""
+        room = self._room
+        assert room is not None
+        before = room.doc.get_state()
+        change()
+        update = room.doc.get_update(before)
+        if update != b"\x00\x00":
+            room.record(update)
+
+    def _set_state(self, **values: Any) -> None:
+        def change() -> None:
+            state = self._model.ystate
+            for key, value in values.items():
+                if state.get(key) != value:
+                    state[key] = value
+
+        self._edit(change)
+
+    def _mark_gone(self) -> None:
+        if not self.gone:
+            log.info("%s is gone; new connections get 4404", self.path)
+        self.gone = True

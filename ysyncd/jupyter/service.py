@@ -1,0 +1,132 @@
+"""Jupyter rooms as the server sees them: routing, session ids, file bindings.
+
+A path matching ``--room-pattern`` is a Jupyter room and speaks the Jupyter
+dialect. Its room id (the last segment) decides what it is:
+
+- ``format:type:fileId`` (two colons or more): a *document room*, stored like
+  any room and, with ``--jupyter-files``, bound to its file (see rooms.py);
+- anything else (``JupyterLab:globalAwareness``, fork rooms): a *transient
+  room*, kept in memory only, in its own registry.
+
+Both are keyed by the name without the pattern's prefix, so the namespace is
+part of the key: file ids are unique only per Jupyter server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from anyio.abc import TaskGroup
+
+from ysyncd.config import Settings
+from ysyncd.errors import InvalidUpdate
+from ysyncd.jupyter import documents
+from ysyncd.jupyter.files import Files, open_files
+from ysyncd.jupyter.rooms import FileBinding, Target
+from ysyncd.namespaces import PathPattern
+from ysyncd.peer import Peer
+from ysyncd.protocol import JupyterSave, Message, encode_raw
+from ysyncd.room import Room
+from ysyncd.rooms import RoomRegistry, Setup
+
+__all__ = ["JupyterRooms", "Route", "unknown_session"]
+
+log = logging.getLogger("ysyncd.jupyter")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a Jupyter connection goes."""
+
+    key: str
+    #: The file of a document room; None for a transient room.
+    target: Target | None
+    #: The client's ``?sessionId=``, if it sent one.
+    session: str | None
+
+
+def unknown_session(session: str) -> str:
+    """The 1003 close reason telling a JupyterLab client to reload."""
+    return json.dumps(
+        # Cut the client's id short, so the JSON fits in a close frame.
+        {"reason": "unknown_session", "sessionId": session[:64], "reloadable": True}
+    )
+
+
+def autosave_wanted(room: Room) -> bool:
+    """jupyter_server_ydoc's rule: save unless every client set autosave off."""
+    states = []
+    for text in room.awareness.states().values():
+        try:
+            state = json.loads(text)
+        except ValueError:
+            continue  # validated on the way in; a removal reads as null
+        if isinstance(state, dict):
+            states.append(state)
+    return not states or any(s.get("autosave", True) is not False for s in states)
+
+
+class JupyterRooms:
+    def __init__(
+        self,
+        settings: Settings,
+        transient: RoomRegistry,
+        task_group: TaskGroup,
+    ) -> None:
+        self.settings = settings
+        self.pattern = PathPattern(settings.room_pattern)
+        self.transient = transient
+        self.files: Files | None = open_files(settings)
+        self._tg = task_group
+
+    def route(self, room: str, query: str) -> Route | None:
+        """The route of a room name, or None for a plain y-websocket room."""
+        located = self.pattern.locate(room)
+        if located is None:
+            return None
+        session = parse_qs(query).get("sessionId", [""])[0] or None
+        kind = documents.parse_room_id(located.room_id)
+        target = None
+        if kind is not None:
+            target = Target(
+                located.namespace, kind.file_format, kind.file_type, kind.file_id
+            )
+        return Route(located.key, target, session)
+
+    def receive(self, peer: Peer, room: Room, message: Message) -> None:
+        """:meth:`Room.receive`, plus what only Jupyter rooms do."""
+        if isinstance(message, JupyterSave):
+            self._tg.start_soon(self._save, peer, room, message.save_id)
+            return
+        try:
+            room.receive(peer, message)
+        except InvalidUpdate:
+            # jupyter_server_ydoc's answer to an update that cannot be applied
+            # (a stale client after its file changed): tell the client, which
+            # offers to resolve it, and keep serving it. Nothing was stored.
+            log.warning("room %r: an update could not be applied", room.key)
+            peer.send(encode_raw(json.dumps({"type": "conflict"})))
+
+    async def _save(self, peer: Peer, room: Room, save_id: int) -> None:
+        binding = room.document
+        status = "skipped" if binding is None else await binding.save()
+        reply = {"type": "save", "responseTo": save_id, "status": status}
+        peer.send(encode_raw(json.dumps(reply)))
+
+    def setup(self, target: Target) -> Setup | None:
+        """What binds a freshly loaded document room to its file, if anything."""
+        files = self.files
+        if files is None:
+            return None
+        binding = FileBinding(
+            target,
+            files,
+            self._tg,
+            save_delay=self.settings.save_delay,
+            poll_interval=self.settings.poll_interval,
+            autosave_wanted=autosave_wanted,
+        )
+        return binding.setup
