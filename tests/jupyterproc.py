@@ -393,3 +393,16 @@ async def running_jupyter(
         yield server
     finally:
         await server.stop()
+
+
+def collaborating_jupyter(
+    workdir: Path,
+) -> contextlib.AbstractAsyncContextManager[JupyterServer]:
+    """A Jupyter server with file ids and jupyter_server_ydoc: the reference
+    implementation, and the one that hands out file ids and session ids."""
+    return running_jupyter(
+        workdir,
+        extensions=["jupyter_server_fileid", "jupyter_server_ydoc"],
+        # Deleted files go away, not into a trash under $HOME.
+        args=["--FileContentsManager.delete_to_trash=False"],
+    )

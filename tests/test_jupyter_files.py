@@ -29,7 +29,7 @@ from jupyter_server.services.contents.filemanager import AsyncFileContentsManage
 from pycrdt import Doc
 from traitlets.config import Config
 
-from tests.jupyterproc import JupyterServer, running_jupyter
+from tests.jupyterproc import JupyterServer, collaborating_jupyter
 from tests.timing import scaled
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import (
@@ -426,12 +426,7 @@ server_test = pytest.mark.asyncio(loop_scope="module")
 async def jupyter(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[JupyterServer]:
-    async with running_jupyter(
-        tmp_path_factory.mktemp("jupyter"),
-        extensions=["jupyter_server_fileid", "jupyter_server_ydoc"],
-        # Deleted files go away, not into a trash under $HOME.
-        args=["--FileContentsManager.delete_to_trash=False"],
-    ) as server:
+    async with collaborating_jupyter(tmp_path_factory.mktemp("jupyter")) as server:
         shutil.copytree(FIXTURES, server.root_dir, dirs_exist_ok=True)
         yield server
 

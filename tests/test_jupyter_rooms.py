@@ -1,6 +1,6 @@
 """Jupyter rooms on a real server: URLs, namespaces, session ids, the dialect.
 
-File-backed behaviour (load, save, outside edits) is in test_jupyter_files_e2e.py.
+File-backed behaviour (load, save, outside edits) is in test_jupyter_e2e.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.serverproc import ServerProcess, running_server
 from tests.test_auth import ALICE, VIEWER, token_file  # noqa: F401 - fixture
 from tests.timing import scaled
 from tests.yclient import YClient
+from ysyncd import protocol
 
 NOTEBOOK = "json:notebook:6f1c0a4e-1111-4c2b-9d7e-000000000001"
 
@@ -152,3 +153,19 @@ async def test_save_without_a_file_backend_is_skipped(server: ServerProcess) -> 
     async with JupyterClient.connect(server.url, room_path("alice", NOTEBOOK)) as c:
         assert await c.save(7) == "skipped"
         assert c.raw == [{"type": "save", "responseTo": 7, "status": "skipped"}]
+
+
+async def test_an_update_that_cannot_be_applied_is_a_conflict_not_a_close(
+    server: ServerProcess,
+) -> None:
+    """As jupyter_server_ydoc does: {"type": "conflict"}, and the client stays."""
+    async with JupyterClient.connect(server.url, room_path("alice", NOTEBOOK)) as c:
+        c.doc.get("state", type=Map)["before"] = 1
+        await c.wait_confirmed()
+        await c.ws.send(protocol.encode(protocol.Update(b"\x05\xff\xff")))
+        await c.wait(lambda: {"type": "conflict"} in c.raw, "the conflict message")
+        c.doc.get("state", type=Map)["after"] = 2
+        await c.wait_confirmed()
+        assert c.close_code is None
+    async with JupyterClient.connect(server.url, room_path("alice", NOTEBOOK)) as c:
+        assert state_of(c) == {"before": 1, "after": 2}

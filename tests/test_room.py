@@ -309,6 +309,8 @@ async def test_half_applied_update_taints_and_rebuild_restores(
     async with anyio.create_task_group() as tg:
         registry = RoomRegistry(committer, tg)
         room = await registry.acquire("t")
+        binding = RecordingBinding()
+        room.document = binding
         peer = FakePeer()
         room.join(peer)
         room.receive(peer, protocol.Update(good))
@@ -318,7 +320,30 @@ async def test_half_applied_update_taints_and_rebuild_restores(
         with anyio.fail_after(5):
             await room.rebuilt.wait()
         assert room.doc.get_update() == good_doc_update(good)
+        # A file binding (Jupyter rooms) follows the room to its new doc.
+        assert binding.rebound == [room.doc]
         tg.cancel_scope.cancel()
+
+
+class RecordingBinding:
+    """A RoomDocument that records what the room tells it."""
+
+    gone = False
+
+    def __init__(self) -> None:
+        self.rebound: list[Doc] = []
+
+    async def save(self) -> str:
+        return "skipped"
+
+    async def save_if_changed(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def rebind(self, doc: Doc) -> None:
+        self.rebound.append(doc)
 
 
 def good_doc_update(update: bytes) -> bytes:

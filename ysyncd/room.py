@@ -72,6 +72,10 @@ class RoomDocument(Protocol):
         """Stop watching the file; the room has been evicted."""
         ...
 
+    def rebind(self, doc: Doc[Any]) -> None:
+        """Follow the room to a rebuilt doc."""
+        ...
+
 
 class PeerLike(Protocol):
     """What a room needs from a connection."""
@@ -303,6 +307,8 @@ class Room:
     def replace_doc(self, doc: Doc[Any]) -> None:
         """Swap in a rebuilt doc and let waiting peers go on."""
         self.doc = doc
+        if self.document is not None:
+            self.document.rebind(doc)
         if self.rebuilt is not None:
             self.rebuilt.set()
             self.rebuilt = None

@@ -101,16 +101,34 @@ class FileBinding:
         loaded = await self.files.read(t.namespace, path, t.file_format, t.file_type)
         self._room = room
         self._model = documents.model(t.file_type, room.doc)
+        unsaved = False
         if room.doc.get_state() == b"\x00":
             room.apply(documents.deterministic_update(t.file_type, loaded.content))
         elif documents.content(self._model) != self._normal(loaded.content):
-            log.info("%s changed while its room was away; merging", path)
-            self._edit(lambda: documents.set_content(self._model, loaded.content))
+            if self._model.ystate.get("hash") == loaded.state.hash:
+                # The file is as this room last loaded or saved it: the room
+                # is ahead, with edits ysyncd stopped before saving. Keep them.
+                log.info("%s: the room holds edits not saved yet; keeping them", path)
+                unsaved = True
+            else:
+                log.info("%s changed while its room was away; merging", path)
+                self._edit(lambda: documents.set_content(self._model, loaded.content))
         self._remember(loaded.state)
-        self._set_state(path=path, dirty=False, hash=loaded.state.hash)
+        if unsaved:
+            # What the file holds is not the room's content: save it soon.
+            self._saved = documents.content_digest(self._normal(loaded.content))
+        self._set_state(path=path, dirty=unsaved, hash=loaded.state.hash)
         room.document = self
         self._subscription = room.doc.observe(self._on_change)
+        if unsaved:
+            self._wake.set()
         self._tg.start_soon(self._run)
+
+    def rebind(self, doc: Doc[Any]) -> None:
+        # A rebuild swapped the room's doc: model and observer follow it (the
+        # old doc is dropped with its subscription).
+        self._model = documents.model(self.target.file_type, doc)
+        self._subscription = doc.observe(self._on_change)
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -146,7 +164,9 @@ class FileBinding:
                 log.error("saving %s failed: %s", self.path, exc)
                 return "failed"
             self._remember(state)
-            self._set_state(dirty=False, hash=state.hash)
+            # Set even when False already: JupyterLab clears the dirty mark
+            # of its (locally dirty) model only on a change event for it.
+            self._set_state(dirty=False, hash=state.hash, force=("dirty",))
             log.debug("saved %s", self.path)
             return "success"
 
@@ -213,6 +233,8 @@ class FileBinding:
         )
         if documents.content_digest(self._normal(loaded.content)) == self._saved:
             self._file = loaded.state  # touched, or written back as it was
+            # Other bytes may hold the same content: the hash is the file's.
+            self._set_state(hash=loaded.state.hash)
             return
         log.info("%s was changed outside; merging it into the room", self.path)
         # Replay the outside change onto the last saved version, then merge
@@ -249,11 +271,11 @@ class FileBinding:
         if update != b"\x00\x00":
             room.record(update)
 
-    def _set_state(self, **values: Any) -> None:
+    def _set_state(self, force: tuple[str, ...] = (), **values: Any) -> None:
         def change() -> None:
             state = self._model.ystate
             for key, value in values.items():
-                if state.get(key) != value:
+                if key in force or state.get(key) != value:
                     state[key] = value
 
         self._edit(change)
