@@ -352,3 +352,28 @@ async def test_refusals_are_counted(token_server: ServerProcess) -> None:
         "the refusal counters",
     )
     assert 'ysyncd_auth_refusals_total{status="401"} 1' in metrics()
+
+
+async def test_glue_secret_admits_the_extension_with_its_write_flag(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """--auth glue: the shared secret admits; X-Ysyncd-Write decides writing."""
+    secret = os.urandom(32).hex()
+    (tmp_path / "glue").write_text(secret + "\n")
+    args = ("--auth", "glue", "--glue-secret-file", str(tmp_path / "glue"))
+    async with running_server(db_path, *args) as server:
+        url = server.url
+        writer = {"Authorization": f"Bearer {secret}", "X-Ysyncd-Write": "1"}
+        reader = {"Authorization": f"Bearer {secret}", "X-Ysyncd-User": "bob"}
+        async with (
+            YClient.connect(url, "glued", additional_headers=writer) as w,
+            YClient.connect(url, "glued", additional_headers=reader) as r,
+        ):
+            r.text.insert(0, "reader ")
+            w.text.insert(0, "writer")
+            await r.wait(lambda: "writer" in str(r.text), "the writer's edit")
+            await w.wait_confirmed()
+            assert str(w.text) == "writer"
+        wrong = {"Authorization": "Bearer " + "x" * 64, "X-Ysyncd-Write": "1"}
+        assert await refusal(f"{url}/glued", additional_headers=wrong) == 401
+        assert await refusal(f"{url}/glued") == 401

@@ -173,8 +173,9 @@ class Settings:
         "none",
         "Who may connect: none (anyone), token (--token-file), jwt, jupyterhub "
         "(JupyterHub tokens and server-access scopes) or delegate (ask a Jupyter "
-        "server, for cookie sign-in). See Access control.",
-        choices=("none", "token", "jwt", "jupyterhub", "delegate"),
+        "server, for cookie sign-in) or glue (the ysyncd Jupyter server "
+        "extension, with --glue-secret-file). See Access control.",
+        choices=("none", "token", "jwt", "jupyterhub", "delegate", "glue"),
     )
     allow_unauthenticated: bool = _setting(
         False,
@@ -182,6 +183,11 @@ class Settings:
     )
     token_file: Path | None = _setting(
         None, "TOML file mapping tokens to room globs and read/write (--auth token)."
+    )
+    glue_secret_file: Path | None = _setting(
+        None,
+        "File holding the secret the ysyncd Jupyter server extension presents "
+        "(--auth glue), 32 bytes or more.",
     )
     jwt_secret_file: Path | None = _setting(
         None, "File holding the raw HS256 secret, 32 bytes or more (--auth jwt)."

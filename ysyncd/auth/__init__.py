@@ -13,6 +13,7 @@ from typing import Any
 
 from ysyncd.auth.base import ANYONE, Authorizer, Grant, NoAuth
 from ysyncd.auth.delegate import DelegateAuth
+from ysyncd.auth.glue import GlueAuth
 from ysyncd.auth.hub import HubAuth
 from ysyncd.auth.tokenfile import TokenFile
 from ysyncd.config import Settings
@@ -42,6 +43,8 @@ def build_authorizer(settings: Settings) -> Authorizer:
             secret_file=settings.jwt_secret_file,
             public_key_file=settings.jwt_public_key_file,
         )
+    if kind == "glue":
+        return GlueAuth(settings.glue_secret_file)
     if kind == "jupyterhub":
         return HubAuth(settings.hub_api_url, pattern, settings.auth_cache_seconds)
     if kind == "delegate":
