@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
+
+import nbformat
+from pycrdt import Array, Map, Text
 
 from tests.yclient import YClient
 from ysyncd import protocol
@@ -50,3 +54,32 @@ class JupyterClient(YClient):
         answer = reply()
         assert answer is not None and answer["type"] == "save"
         return str(answer["status"])
+
+
+def notebook_bytes(content: dict[str, Any]) -> bytes:
+    """What jupyter_server's FileContentsManager writes for a notebook:
+    ``nbformat.write(nb, f, version=NO_CONVERT)``, i.e. ``writes`` and "\\n"."""
+    text = nbformat.writes(nbformat.from_dict(content), version=nbformat.NO_CONVERT)
+    return (text if text.endswith("\n") else text + "\n").encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_of(client: YClient) -> dict[str, Any]:
+    return client.doc.get("state", type=Map).to_py() or {}
+
+
+def cells_of(client: YClient) -> list[dict[str, Any]]:
+    """The raw cells (no jupyter_ydoc clean-up, so duplicates stay visible)."""
+    return client.doc.get("cells", type=Array).to_py() or []
+
+
+def source_of(client: YClient, index: int) -> Text:
+    text: Text = client.doc.get("cells", type=Array)[index]["source"]
+    return text
+
+
+def append(text: Text, value: str) -> None:
+    text.insert(len(text), value)

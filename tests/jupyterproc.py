@@ -406,3 +406,48 @@ def collaborating_jupyter(
         # Deleted files go away, not into a trash under $HOME.
         args=["--FileContentsManager.delete_to_trash=False"],
     )
+
+
+def file_args(
+    jupyter: JupyterServer, *, save_delay: float, poll_interval: float = 1.0
+) -> list[str]:
+    """``ysyncd serve`` options binding Jupyter rooms to ``jupyter``'s files."""
+    return [
+        "--jupyter-files",
+        "fs",
+        "--fs-root",
+        str(jupyter.root_dir),
+        "--jupyter-url",
+        jupyter.url,
+        "--jupyter-token",
+        jupyter.token,
+        "--save-delay",
+        str(save_delay),
+        "--poll-interval",
+        str(poll_interval),
+    ]
+
+
+def viewer_config(viewer_token: str) -> str:
+    """Jupyter config text adding a read-only user: ``viewer_token`` signs in
+    as "viewer", who may only read; the server's own token works as usual."""
+    return f"""\
+from jupyter_server.auth.authorizer import Authorizer
+from jupyter_server.auth.identity import PasswordIdentityProvider, User
+
+
+class ViewerTokenIdentity(PasswordIdentityProvider):
+    async def get_user_token(self, handler):
+        if self.get_token(handler) == {viewer_token!r}:
+            return User(username="viewer")
+        return await super().get_user_token(handler)
+
+
+class ViewerOnlyReads(Authorizer):
+    def is_authorized(self, handler, user, action, resource):
+        return user.username != "viewer" or action == "read"
+
+
+c.ServerApp.identity_provider_class = ViewerTokenIdentity
+c.ServerApp.authorizer_class = ViewerOnlyReads
+"""

@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.jupyterproc import JupyterServer, running_jupyter
+from tests.jupyterproc import JupyterServer, running_jupyter, viewer_config
 from tests.serverproc import ServerProcess, running_server
 from tests.timing import scaled
 from tests.yclient import YClient, stored_content
@@ -31,28 +31,7 @@ PERMISSIONS = json.dumps({"contents": ["read", "write"]})
 # A second user for the read-only test: VIEWER_TOKEN signs in as "viewer",
 # who may read but do nothing else; the server's own token works as usual.
 VIEWER_TOKEN = secrets.token_hex(24)
-VIEWER_CONFIG = f"""\
-from jupyter_server.auth.authorizer import Authorizer
-from jupyter_server.auth.identity import IdentityProvider, User
-
-VIEWER_TOKEN = {VIEWER_TOKEN!r}
-
-
-class ViewerTokenIdentity(IdentityProvider):
-    async def get_user_token(self, handler):
-        if self.get_token(handler) == VIEWER_TOKEN:
-            return User(username="viewer")
-        return await super().get_user_token(handler)
-
-
-class ViewerOnlyReads(Authorizer):
-    def is_authorized(self, handler, user, action, resource):
-        return user.username != "viewer" or action == "read"
-
-
-c.ServerApp.identity_provider_class = ViewerTokenIdentity
-c.ServerApp.authorizer_class = ViewerOnlyReads
-"""
+VIEWER_CONFIG = viewer_config(VIEWER_TOKEN)
 
 
 def empty_doc(text: str = "") -> dict[str, object]:

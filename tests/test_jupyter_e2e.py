@@ -17,7 +17,6 @@ the server's way to tell them the document is saved.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -32,12 +31,22 @@ import nbformat
 import pytest
 import pytest_asyncio
 from jupyter_ydoc import YNotebook, YUnicode
-from pycrdt import Array, Doc, Map, MapEvent, Text, TransactionEvent
+from pycrdt import Doc, Map, MapEvent, Text, TransactionEvent
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.jupyterclient import ROOM_PREFIX, JupyterClient, room_path
-from tests.jupyterproc import JupyterServer, collaborating_jupyter
+from tests.jupyterclient import (
+    ROOM_PREFIX,
+    JupyterClient,
+    append,
+    cells_of,
+    notebook_bytes,
+    room_path,
+    sha256,
+    source_of,
+    state_of,
+)
+from tests.jupyterproc import JupyterServer, collaborating_jupyter, file_args
 from tests.serverproc import ServerProcess, running_server
 from tests.timing import scaled, wait_until
 from ysyncd import protocol
@@ -64,20 +73,7 @@ async def jupyter(
 
 
 def ysyncd_args(jupyter: JupyterServer, save_delay: float) -> list[str]:
-    return [
-        "--jupyter-files",
-        "fs",
-        "--fs-root",
-        str(jupyter.root_dir),
-        "--jupyter-url",
-        jupyter.url,
-        "--jupyter-token",
-        jupyter.token,
-        "--save-delay",
-        str(save_delay),
-        "--poll-interval",
-        str(POLL_S),
-    ]
+    return file_args(jupyter, save_delay=save_delay, poll_interval=POLL_S)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -149,37 +145,6 @@ def reference_path(jupyter: JupyterServer, shared: Shared) -> str:
         f"{ROOM_PREFIX}{shared.room_id}"
         f"?sessionId={shared.jupyter_session}&token={jupyter.token}"
     )
-
-
-def notebook_bytes(content: dict[str, Any]) -> bytes:
-    """What FileContentsManager.save writes for a notebook model's content:
-    ``nbformat.write(nb, f, version=NO_CONVERT)``, i.e. ``writes`` and "\\n"."""
-    text = nbformat.writes(nbformat.from_dict(content), version=nbformat.NO_CONVERT)
-    if not text.endswith("\n"):
-        text += "\n"
-    return text.encode("utf-8")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def state_of(client: JupyterClient) -> dict[str, Any]:
-    return client.doc.get("state", type=Map).to_py() or {}
-
-
-def cells_of(client: JupyterClient) -> list[dict[str, Any]]:
-    """The raw cells (no jupyter_ydoc clean-up, so duplicates stay visible)."""
-    return client.doc.get("cells", type=Array).to_py() or []
-
-
-def source_of(client: JupyterClient, index: int) -> Text:
-    text: Text = client.doc.get("cells", type=Array)[index]["source"]
-    return text
-
-
-def append(text: Text, value: str) -> None:
-    text.insert(len(text), value)
 
 
 class StateLog:

@@ -9,18 +9,16 @@ import asyncio
 import json
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pycrdt import Doc, Map
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.jupyterclient import JupyterClient, room_path
+from tests.jupyterclient import JupyterClient, room_path, state_of
 from tests.serverproc import ServerProcess, running_server
 from tests.test_auth import ALICE, VIEWER, token_file  # noqa: F401 - fixture
 from tests.timing import scaled
-from tests.yclient import YClient
 from ysyncd import protocol
 
 NOTEBOOK = "json:notebook:6f1c0a4e-1111-4c2b-9d7e-000000000001"
@@ -39,10 +37,6 @@ async def turned_away(url: str) -> tuple[int, str]:
                 await ws.recv()
         assert ws.close_code is not None
         return ws.close_code, ws.close_reason or ""
-
-
-def state_of(client: YClient) -> dict[str, Any]:
-    return client.doc.get("state", type=Map).to_py() or {}
 
 
 async def test_the_session_id_must_be_this_stores_epoch(
@@ -146,6 +140,8 @@ async def test_read_only_jupyter_peers_get_no_auth_frame(
             await w.wait_confirmed()
             assert "viewer" not in state_of(w)
             assert v.frames_of_type_2 == 0 and v.close_code is None
+            # Nor may it save the writers' edits to their file.
+            assert await v.save(3) == "failed"
 
 
 async def test_save_without_a_file_backend_is_skipped(server: ServerProcess) -> None:

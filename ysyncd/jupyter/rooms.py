@@ -86,6 +86,7 @@ class FileBinding:
         self._base = b""  # the doc as of that content, to merge outside edits onto
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one load, save or merge at a time
+        self._saving = False
         self._scope = anyio.CancelScope()
         self._subscription: Any = None
 
@@ -145,9 +146,16 @@ class FileBinding:
         """Write the document if it differs from the file; set dirty and hash."""
         if self._room is None or self.gone:
             return "failed"
-        if self._lock.locked():
-            return "skipped"  # a load, save or merge is under way
-        async with self._lock:
+        if self._saving:
+            return "skipped"  # a save is under way, as jupyter_server_ydoc says
+        self._saving = True
+        try:
+            return await self._save_locked()
+        finally:
+            self._saving = False
+
+    async def _save_locked(self) -> SaveStatus:
+        async with self._lock:  # after any load, poll or merge under way
             try:
                 await self._merge_outside_edits()
                 content = documents.content(self._model)

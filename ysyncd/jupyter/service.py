@@ -112,7 +112,12 @@ class JupyterRooms:
 
     async def _save(self, peer: Peer, room: Room, save_id: int) -> None:
         binding = room.document
-        status = "skipped" if binding is None else await binding.save()
+        if peer.read_only:
+            status = "failed"  # a viewer must not write others' edits to disk
+        elif binding is None:
+            status = "skipped"
+        else:
+            status = await binding.save()
         reply = {"type": "save", "responseTo": save_id, "status": status}
         peer.send(encode_raw(json.dumps(reply)))
 

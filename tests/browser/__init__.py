@@ -1,0 +1,1 @@
+"""Helpers for the real-browser JupyterLab tests (tests/test_browser.py)."""

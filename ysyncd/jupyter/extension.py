@@ -1,0 +1,465 @@
+"""The ysyncd Jupyter server extension: JupyterLab's RTC endpoints, served by ysyncd.
+
+It takes the place of jupyter-server-ydoc's server part (the frontend packages,
+``jupyter-docprovider`` and ``jupyter-collaboration-ui``, stay as they are) and
+keeps no document state itself. Two endpoints, under the server's base URL:
+
+- ``PUT api/collaboration/session/{path}`` with ``{"format", "type"}``: the
+  file's id from jupyter_server_fileid (**200** if it had one, **201** if it
+  was just indexed, **404** if the ContentsManager has no such file: with
+  fileid's default manager, jupyter-server-ydoc would index it) and, as the
+  ``sessionId``, the epoch of ysyncd's store (``GET /_ysyncd/epoch``). Unlike
+  jupyter-server-ydoc it needs ``read`` on ``contents``, not ``write``: an id
+  is about reading a file, and read-only users must be able to open one.
+- ``GET api/collaboration/room/{room}`` (WebSocket): the browser is
+  authenticated by the Jupyter server (cookie, token) and needs ``read`` on
+  ``contents``; the socket is then piped to ysyncd's
+  ``{ysyncd_url}/{namespace}/api/collaboration/room/{room}?{query}``, with the
+  shared secret of ``ysyncd serve --auth glue`` and the user's ``write``
+  permission (``X-Ysyncd-Write``). Frames go both ways unchanged, and so do
+  close codes and reasons (4404 for a file that is gone, 1003 to reload...).
+  If ysyncd refuses or cannot be reached, the upgrade fails with an HTTP
+  error (the browser then retries, as for any dropped socket).
+
+ysyncd resolves file ids itself (``--jupyter-url``, this server's
+``api/fileid/path``) and follows renames and deletes by polling, so the
+extension pushes nothing to it.
+
+Configuration (``c.YsyncdExtension.*``; the environment gives defaults):
+
+- ``ysyncd_url`` (``$YSYNCD_URL``, ``ws://127.0.0.1:1234``);
+- ``secret_file`` (``$YSYNCD_GLUE_SECRET_FILE``) or ``secret``: the same
+  secret as ysyncd's ``--glue-secret-file``, 32 bytes or more;
+- ``namespace``: the ``user/{owner}[/{server}]`` part of ysyncd's room paths,
+  naming this Jupyter server (file ids are unique per server only); under
+  JupyterHub it comes from ``$JUPYTERHUB_USER`` and
+  ``$JUPYTERHUB_SERVER_NAME``, elsewhere it is ``user/local``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import ensure_async
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import (
+    WebSocketClientConnection,
+    WebSocketClosedError,
+    WebSocketError,
+    WebSocketHandler,
+    websocket_connect,
+)
+from traitlets import Float, Int, TraitError, Unicode, default, validate
+
+__all__ = ["Glue", "RoomHandler", "SessionHandler", "YsyncdExtension"]
+
+log = logging.getLogger("ysyncd.jupyter.extension")
+
+MiB = 1024 * 1024
+#: Close codes an endpoint may send (RFC 6455 7.4); others become 1011.
+_SENDABLE = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
+#: Close code and reason when ysyncd's socket ends without a close frame.
+LOST = (1011, "ysyncd connection lost")
+#: ysyncd's HTTP refusals that say something about the request, passed on;
+#: any other (401: a wrong secret) is this server's problem: 502.
+_RELAYED_STATUSES = frozenset({400, 403, 404, 503})
+
+
+def relayable(code: int | None, reason: str | None) -> tuple[int | None, str | None]:
+    """How to close the browser's socket after ysyncd closed ours.
+
+    ``code`` is None when no close frame came (or one without a code); 1005
+    and 1006 are never sent, so the browser gets 1011 then and reconnects.
+    """
+    if code is None or code in (1005, 1006):
+        return LOST
+    if any(code in codes for codes in _SENDABLE):
+        return code, reason
+    return 1011, reason
+
+
+class Glue:
+    """How this Jupyter server reaches ysyncd: URLs, the secret, the epoch."""
+
+    def __init__(
+        self,
+        ysyncd_url: str,
+        secret: str,
+        namespace: str,
+        *,
+        timeout: float = 10.0,
+        max_message_bytes: int = 32 * MiB,
+    ) -> None:
+        self.ysyncd_url = ysyncd_url.rstrip("/")
+        self.secret = secret
+        self.namespace = namespace
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        scheme, _, rest = self.ysyncd_url.partition(":")
+        http = "https" if scheme == "wss" else "http"
+        self.epoch_url = f"{http}:{rest}/_ysyncd/epoch"
+        self._epoch: str | None = None
+        self._epoch_lock = asyncio.Lock()
+
+    # --- the session id ---------------------------------------------------------
+
+    async def epoch(self) -> str:
+        """ysyncd's store epoch: fetched once, then cached until :meth:`forget`."""
+        if self._epoch is None:
+            async with self._epoch_lock:
+                if self._epoch is None:
+                    self._epoch = await self._fetch_epoch()
+        return self._epoch
+
+    def forget(self, epoch: str) -> None:
+        """ysyncd told a client ``epoch`` is unknown: fetch it again next time.
+
+        Its store was wiped and has a new epoch; handing out the old one would
+        send every browser into a reload loop.
+        """
+        if epoch and epoch == self._epoch:
+            log.info("ysyncd's epoch changed; fetching it again")
+            self._epoch = None
+
+    async def _fetch_epoch(self) -> str:
+        request = HTTPRequest(
+            self.epoch_url,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+            follow_redirects=False,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as exc:  # refused, reset, timed out
+            log.warning("GET %s: %s", self.epoch_url, exc)
+            raise web.HTTPError(503, "ysyncd is not reachable") from None
+        epoch = None
+        if response.code == 200:
+            try:
+                epoch = json.loads(response.body).get("epoch")
+            except (ValueError, AttributeError):
+                epoch = None
+        if not isinstance(epoch, str) or not epoch:
+            log.warning("GET %s: HTTP %d, no epoch", self.epoch_url, response.code)
+            raise web.HTTPError(503, "ysyncd did not give its epoch")
+        return epoch
+
+    # --- the room socket --------------------------------------------------------
+
+    def room_url(self, room: str, query: str) -> str:
+        """ysyncd's URL for ``room``; the browser's query without its token."""
+        params = parse_qsl(query, keep_blank_values=True)
+        kept = urlencode([(k, v) for k, v in params if k != "token"])
+        path = f"{self.namespace}/api/collaboration/room/{quote(room, safe=':@')}"
+        return f"{self.ysyncd_url}/{path}" + (f"?{kept}" if kept else "")
+
+    async def connect(
+        self, room: str, query: str, user: str, write: bool
+    ) -> WebSocketClientConnection:
+        """Open ysyncd's side of a room socket, or raise an :class:`HTTPError`.
+
+        The errors carry a reason but no log message: tornado would log the
+        request's URL with it, and the browser's ``?token=`` in it.
+        """
+        request = HTTPRequest(
+            self.room_url(room, query),
+            headers={
+                "Authorization": f"Bearer {self.secret}",
+                # For ysyncd's logs only; ASCII, whatever the user name.
+                "X-Ysyncd-User": quote(user, safe="@~+"),
+                "X-Ysyncd-Write": "1" if write else "0",
+            },
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+        )
+        try:
+            return await websocket_connect(
+                request, max_message_size=self.max_message_bytes
+            )
+        except HTTPClientError as exc:
+            # ysyncd answered without upgrading (or 599: timed out).
+            log.warning("ysyncd refused room %r: %s", room, exc)
+            if exc.code in _RELAYED_STATUSES:
+                raise web.HTTPError(exc.code, reason="Refused by ysyncd") from None
+            raise web.HTTPError(502, reason="Refused by ysyncd") from None
+        except (OSError, WebSocketError) as exc:  # refused, reset; not a socket
+            log.warning("ysyncd is not reachable for room %r: %s", room, exc)
+            raise web.HTTPError(502, reason="ysyncd not reachable") from None
+
+
+async def _allowed(handler: JupyterHandler, action: str) -> bool:
+    """Whether the Jupyter server's authorizer lets the user ``action`` contents."""
+    allowed = await ensure_async(
+        handler.authorizer.is_authorized(
+            handler, handler.current_user, action, "contents"
+        )
+    )
+    return bool(allowed)
+
+
+class SessionHandler(APIHandler):
+    """``PUT api/collaboration/session/{path}``: a file id and the sessionId."""
+
+    auth_resource = "contents"
+
+    def initialize(self, glue: Glue) -> None:
+        self.glue = glue
+
+    @web.authenticated
+    async def put(self, path: str) -> None:
+        if not await _allowed(self, "read"):
+            raise web.HTTPError(403)
+        try:
+            body = json.loads(self.request.body)
+            file_format, file_type = body["format"], body["type"]
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPError(400, "expected {'format': …, 'type': …}") from None
+        if not isinstance(file_format, str) or not isinstance(file_type, str):
+            raise web.HTTPError(400, "format and type must be strings")
+        ids = self.settings.get("file_id_manager")
+        if ids is None:
+            raise web.HTTPError(500, "jupyter_server_fileid is not enabled")
+        # jupyter_server_fileid's default manager indexes any path, even one
+        # with no file behind it: ask the ContentsManager first.
+        contents: Any = self.contents_manager  # sync or async: untyped
+        if not await ensure_async(contents.file_exists(path)):
+            raise web.HTTPError(404, f"File {path!r} does not exist")
+        session = await self.glue.epoch()
+        file_id, status = ids.get_id(path), 200
+        if file_id is None:
+            file_id, status = ids.index(path), 201
+            if file_id is None:
+                raise web.HTTPError(404, f"File {path!r} does not exist")
+        self.set_status(status)
+        self.finish(
+            json.dumps(
+                {
+                    "format": file_format,
+                    "type": file_type,
+                    "fileId": file_id,
+                    "sessionId": session,
+                }
+            )
+        )
+
+
+class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """``api/collaboration/room/{room}``: the browser's socket, piped to ysyncd."""
+
+    auth_resource = "contents"
+
+    def initialize(self, glue: Glue) -> None:
+        self.glue = glue
+        self.upstream: WebSocketClientConnection | None = None
+        self._downstream: asyncio.Task[None] | None = None
+
+    def set_default_headers(self) -> None:
+        """No JupyterHandler headers (CSP...) on an upgrade, as for kernels."""
+
+    @property
+    def max_message_size(self) -> int:
+        return self.glue.max_message_bytes
+
+    @ws_authenticated
+    async def get(self, room: str) -> None:
+        if not await _allowed(self, "read"):
+            raise web.HTTPError(403)
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            await super().get(room)  # tornado's answer to a plain GET
+            return
+        if not room or "/" in room:  # (%2F) ysyncd would see another room
+            raise web.HTTPError(400, reason="Not a room id")
+        write = await _allowed(self, "write")
+        self.upstream = await self.glue.connect(
+            room, self.request.query, self.current_user.username, write
+        )
+        try:
+            # Returns once the browser's socket is closed, or was never opened.
+            await super().get(room)
+        finally:
+            self._close_upstream()
+
+    async def open(self, room: str) -> None:
+        super().open()  # WebSocketMixin: keepalive pings to the browser
+        self._downstream = asyncio.create_task(self._pipe_downstream())
+        self._downstream.add_done_callback(_log_failure)
+
+    async def on_message(self, message: str | bytes) -> None:
+        """Browser → ysyncd. Tornado reads the next frame once this is sent."""
+        upstream = self.upstream
+        if upstream is None:
+            return
+        try:
+            await upstream.write_message(message, binary=isinstance(message, bytes))
+        except WebSocketClosedError:
+            # ysyncd closed; _pipe_downstream relays how.
+            log.debug("a frame for a closed ysyncd socket was dropped")
+
+    async def _pipe_downstream(self) -> None:
+        """ysyncd → browser, then ysyncd's close code and reason."""
+        upstream = self.upstream
+        assert upstream is not None
+        while (message := await upstream.read_message()) is not None:
+            try:
+                await self.write_message(message, binary=isinstance(message, bytes))
+            except WebSocketClosedError:
+                return  # the browser went; get() closes ysyncd's socket
+        code, reason = upstream.close_code, upstream.close_reason
+        if code == 1003 and reason:
+            self._check_session(reason)
+        self.close(*relayable(code, reason))
+
+    def _check_session(self, reason: str) -> None:
+        try:
+            verdict = json.loads(reason)
+        except ValueError:
+            return
+        if isinstance(verdict, dict) and verdict.get("reason") == "unknown_session":
+            self.glue.forget(self.get_query_argument("sessionId", ""))
+
+    def _close_upstream(self) -> None:
+        if self._downstream is not None:
+            self._downstream.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            # The browser's close code when it closed first.
+            code, reason = relayable(self.close_code, self.close_reason)
+            if (code, reason) == LOST:
+                code, reason = 1001, "browser gone"
+            upstream.close(code, reason)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("piping a room socket failed", exc_info=exc)
+
+
+class YsyncdExtension(ExtensionApp):
+    """Serves JupyterLab's collaboration endpoints with a ysyncd sidecar."""
+
+    name = "ysyncd"
+    description = "JupyterLab real-time collaboration backed by ysyncd"
+
+    ysyncd_url = Unicode(
+        help="ysyncd's WebSocket URL (ws:// or wss://); $YSYNCD_URL by default.",
+    ).tag(config=True)
+    secret_file = Unicode(
+        help="File holding ysyncd's --glue-secret-file secret; "
+        "$YSYNCD_GLUE_SECRET_FILE by default.",
+    ).tag(config=True)
+    secret = Unicode("", help="The secret itself, when there is no secret_file.").tag(
+        config=True
+    )
+    namespace = Unicode(
+        help="The user/{owner}[/{server}] path prefix naming this Jupyter "
+        "server in ysyncd; from $JUPYTERHUB_USER and $JUPYTERHUB_SERVER_NAME "
+        "under JupyterHub, else user/local.",
+    ).tag(config=True)
+    timeout = Float(
+        10.0, help="Seconds to wait for ysyncd to answer a connection."
+    ).tag(config=True)
+    max_message_bytes = Int(
+        32 * MiB,
+        help="Largest WebSocket message piped either way (ysyncd's "
+        "--max-message-bytes).",
+    ).tag(config=True)
+
+    @default("ysyncd_url")
+    def _default_url(self) -> str:
+        return os.environ.get("YSYNCD_URL") or "ws://127.0.0.1:1234"
+
+    @default("secret_file")
+    def _default_secret_file(self) -> str:
+        return os.environ.get("YSYNCD_GLUE_SECRET_FILE", "")
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        user = os.environ.get("JUPYTERHUB_USER")
+        if not user:
+            return "user/local"
+        # Path segments as JupyterHub escapes them in its URLs.
+        namespace = f"user/{quote(user, safe='@~')}"
+        server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+        return f"{namespace}/{quote(server, safe='@~')}" if server else namespace
+
+    @validate("ysyncd_url")
+    def _check_url(self, proposal: dict[str, Any]) -> str:
+        url = str(proposal["value"])
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise TraitError(f"ysyncd_url must be a ws:// or wss:// URL, not {url!r}")
+        if parts.query or parts.fragment:
+            raise TraitError("ysyncd_url has no query or fragment")
+        return url
+
+    @validate("namespace")
+    def _check_namespace(self, proposal: dict[str, Any]) -> str:
+        namespace = str(proposal["value"]).strip("/")
+        # URL path segments, maybe %-escaped (as JupyterHub escapes names);
+        # ysyncd reads them unescaped, so %2F would split one.
+        segments = unquote(namespace).split("/")
+        if (
+            len(segments) != namespace.count("/") + 1
+            or any(s in ("", ".", "..") or not s.isprintable() for s in segments)
+            or set(namespace) & set("?# ")
+        ):
+            raise TraitError(f"not a namespace path: {namespace!r}")
+        return namespace
+
+    def _read_secret(self) -> str:
+        secret = self.secret
+        if not secret and self.secret_file:
+            secret = Path(self.secret_file).read_text()
+        secret = secret.strip()
+        if not secret:
+            raise ValueError(
+                "ysyncd.jupyter needs ysyncd's glue secret: set "
+                "c.YsyncdExtension.secret_file or $YSYNCD_GLUE_SECRET_FILE"
+            )
+        if len(secret.encode()) < 32:
+            raise ValueError("the ysyncd glue secret must be at least 32 bytes")
+        return secret
+
+    def initialize_settings(self) -> None:
+        self.glue = Glue(
+            self.ysyncd_url,
+            self._read_secret(),
+            self.namespace,
+            timeout=self.timeout,
+            max_message_bytes=self.max_message_bytes,
+        )
+        self.log.info(
+            "ysyncd.jupyter: rooms go to %s/%s", self.ysyncd_url, self.namespace
+        )
+
+    def initialize_handlers(self) -> None:
+        assert self.serverapp is not None
+        if self.serverapp.jpserver_extensions.get("jupyter_server_ydoc"):
+            # Its handlers come first (extensions load by name) and win.
+            self.log.warning(
+                "ysyncd.jupyter: jupyter_server_ydoc is enabled too and serves "
+                "api/collaboration itself; disable it"
+            )
+        page_config = self.serverapp.web_app.settings.setdefault("page_config_data", {})
+        page_config.setdefault("disableRTC", False)
+        self.handlers.extend(
+            [
+                (r"/api/collaboration/room/(.*)", RoomHandler, {"glue": self.glue}),
+                (
+                    r"/api/collaboration/session/(.*)",
+                    SessionHandler,
+                    {"glue": self.glue},
+                ),
+            ]
+        )
