@@ -21,15 +21,13 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.subprocs import LoggedServer, launch_code
 from tests.timing import scaled
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,45 +67,23 @@ c.JupyterHub.load_roles = [
 """
 
 
-# ``python -m jupyterhub``, minus ~2 s of start-up: jupyter_events imports
-# jsonschema's format checkers, and the "iri" checker's rfc3987_syntax module
-# builds an Earley parser at import. jsonschema skips a checker whose module
-# fails to import, and the hub never validates an IRI, so block that import.
-_LAUNCH = (
-    "import sys; sys.modules['rfc3987_syntax'] = None; "
-    "from jupyterhub.app import main; main()"
-)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class HubError(AssertionError):
     """The hub failed to start, or an API call returned an unexpected status."""
 
 
-class _PortTaken(HubError):
-    """Someone bound the chosen port before the hub did."""
-
-
-class Hub:
+class Hub(LoggedServer):
     """One JupyterHub subprocess plus API helpers that use the service token."""
 
+    name = "jupyterhub"
+    error = HubError
+    port_taken = "Failed to bind hub"
+
     def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir / "jupyterhub.log")
         self.workdir = workdir
         self.config_path = workdir / "jupyterhub_config.py"
-        self.log_path = workdir / "jupyterhub.log"
         self.service_token = secrets.token_hex(32)
-        self.port = 0
-        self.startup_seconds = 0.0
-        self.proc: asyncio.subprocess.Process | None = None
         self._client: httpx.AsyncClient | None = None
-        # Where the current start attempt's output begins in the shared log.
-        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -117,15 +93,6 @@ class Hub:
     def api_url(self) -> str:
         return f"{self.url}/hub/api"
 
-    def log(self, *, this_attempt: bool = False) -> str:
-        """The hub's output so far (all start attempts), for failure messages."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(self._log_start if this_attempt else 0)
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self, timeout: float = 30, attempts: int = 3) -> None:
@@ -134,26 +101,10 @@ class Hub:
         The port is chosen before the hub binds it, so another process can take
         it in between; on "address in use" try again on a new port.
         """
-        started = time.monotonic()
         # trust_env=False: an HTTP(S)_PROXY in the environment must not see
         # loopback requests.
         self._client = httpx.AsyncClient(trust_env=False, timeout=scaled(10))
-        for attempt in range(1, attempts + 1):
-            self.port = _free_port()
-            self._write_config()
-            await self._spawn()
-            try:
-                await self._wait_ready(timeout)
-            except _PortTaken:
-                await self._kill()
-                if attempt < attempts:
-                    continue
-                raise
-            except HubError:
-                await self._kill()
-                raise
-            self.startup_seconds = time.monotonic() - started
-            return
+        await self._start_on_free_port(timeout, attempts)
 
     def _write_config(self) -> None:
         self.config_path.write_text(
@@ -169,59 +120,33 @@ class Hub:
         )
 
     async def _spawn(self) -> None:
+        self._write_config()
         # Drop JUPYTERHUB_* from the environment: when the tests themselves run
         # under a hub, those variables describe that other hub.
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         pythonpath = [str(REPO_ROOT), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in pythonpath if p)
         env["PYTHONUNBUFFERED"] = "1"
-        with self.log_path.open("ab") as log:
-            self._log_start = log.tell()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _LAUNCH,
-                "-f",
-                str(self.config_path),
-                cwd=self.workdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        await self._spawn_logged(
+            "-c",
+            launch_code("jupyterhub.app:main"),
+            "-f",
+            str(self.config_path),
+            cwd=self.workdir,
+            env=env,
+        )
 
-    async def _wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None and self._client is not None
+    async def _ready(self) -> bool:
+        assert self._client is not None
+        # Short per-request timeout: whoever else holds the port may accept
+        # connections and never answer.
         try:
-            async with asyncio.timeout(scaled(timeout)):
-                while True:
-                    # Checked before the exit status: a hub that failed to bind
-                    # exits with 1, and that case is worth another attempt.
-                    if "Failed to bind hub" in self.log(this_attempt=True):
-                        raise _PortTaken(f"port {self.port} taken:\n" + self.log())
-                    if self.proc.returncode is not None:
-                        raise HubError(
-                            f"jupyterhub exited with {self.proc.returncode}:\n"
-                            + self.log()
-                        )
-                    # Short per-request timeout: whoever else holds the port
-                    # may accept connections and never answer.
-                    try:
-                        resp = await self._client.get(
-                            f"{self.api_url}/", timeout=scaled(1)
-                        )
-                    except httpx.TransportError:
-                        resp = None  # not listening yet
-                    if resp is not None and resp.status_code == 200:
-                        return
-                    # Nothing to await: the hub gives no readiness signal but this.
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise HubError(
-                f"jupyterhub not ready after {scaled(timeout)}s:\n" + self.log()
-            ) from None
+            resp = await self._client.get(f"{self.api_url}/", timeout=scaled(1))
+        except httpx.TransportError:
+            return False  # not listening yet
+        return resp.status_code == 200
 
-    async def _kill(self) -> None:
+    async def kill(self) -> None:
         # Memory database: nothing to shut down gracefully, so SIGKILL the PID.
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
@@ -230,7 +155,7 @@ class Hub:
 
     async def stop(self) -> None:
         try:
-            await self._kill()
+            await self.kill()
         finally:
             if self._client is not None:
                 await self._client.aclose()

@@ -22,13 +22,13 @@ import itertools
 import json
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.subprocs import free_port
 from tests.timing import scaled
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -297,13 +297,6 @@ class JsClient:
                 await self.proc.stdin.wait_closed()
         await self._reader
         await self._stderr.finish()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager

@@ -27,9 +27,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator, Iterable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
@@ -37,18 +34,11 @@ from typing import Any
 
 import httpx
 
+from tests.subprocs import LoggedServer, launch_code
 from tests.timing import scaled
 
 __all__ = ["JupyterError", "JupyterServer", "running_jupyter"]
 
-# ``python -m jupyter_server``, minus ~1 s of start-up: jupyter_events imports
-# jsonschema's format checkers, and the "iri" checker's rfc3987_syntax module
-# builds an Earley parser at import. jsonschema skips a checker whose module
-# fails to import, and the server never validates an IRI (see tests/hub.py).
-_LAUNCH = (
-    "import sys; sys.modules['rfc3987_syntax'] = None; "
-    "from jupyter_server.serverapp import main; sys.exit(main())"
-)
 
 _CONFIG = """\
 # Written by tests/jupyterproc.py for one test run.
@@ -73,28 +63,21 @@ del _config_path, _Manager, _keep, _found
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class JupyterError(AssertionError):
     """The server failed to start or to answer as expected."""
 
 
-class _PortTaken(JupyterError):
-    """Someone bound the chosen port before the server did."""
-
-
-class JupyterServer:
+class JupyterServer(LoggedServer):
     """One ``jupyter server`` subprocess.
 
     Attributes a test uses: ``url`` (base URL, trailing slash), ``token``,
     ``root_dir`` (its contents root), ``port``, ``pid``, ``log_path`` and
     ``startup_seconds`` (spawn to first 200 from ``/api/status``).
     """
+
+    name = "jupyter server"
+    error = JupyterError
+    port_taken = "port {port} is not available"
 
     def __init__(
         self,
@@ -105,23 +88,18 @@ class JupyterServer:
         extensions: Iterable[str] = (),
         token: str | None = None,
     ) -> None:
+        super().__init__(workdir / "jupyter_server.log")
         self.workdir = workdir
         self.root_dir = workdir / "root"
         self.config_dir = workdir / "config"
         self.data_dir = workdir / "data"
         self.runtime_dir = workdir / "runtime"
         self.home_dir = workdir / "home"
-        self.log_path = workdir / "jupyter_server.log"
         self.token = token if token is not None else secrets.token_hex(24)
         self.extra_config = config
         self.extra_args = list(args)
         self.extensions = sorted(set(extensions))
-        self.port = 0
-        self.startup_seconds = 0.0
-        self.proc: asyncio.subprocess.Process | None = None
         self._client: httpx.AsyncClient | None = None
-        # Where the current start attempt's output begins in the shared log.
-        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -137,15 +115,6 @@ class JupyterServer:
         cookie jar."""
         assert self._client is not None, "jupyter server not started"
         return self._client
-
-    def log(self, *, this_attempt: bool = False) -> str:
-        """The server's output so far (all start attempts), for failure messages."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(self._log_start if this_attempt else 0)
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -180,22 +149,7 @@ class JupyterServer:
                 timeout=scaled(10),
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             )
-        started = time.monotonic()
-        for attempt in range(1, attempts + 1):
-            self.port = _free_port()
-            await self._spawn()
-            try:
-                await self._wait_ready(timeout)
-            except _PortTaken:
-                await self.kill()
-                if attempt < attempts:
-                    continue
-                raise
-            except BaseException:
-                await self.kill()
-                raise
-            self.startup_seconds = time.monotonic() - started
-            return
+        await self._start_on_free_port(timeout, attempts)
 
     def _env(self) -> dict[str, str]:
         drop = ("JUPYTER", "JPY_", "JUPYTERHUB_", "IPYTHONDIR")
@@ -224,57 +178,29 @@ class JupyterServer:
             "--allow-root",
             *self.extra_args,
         ]
-        with self.log_path.open("ab") as log:
-            self._log_start = log.tell()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _LAUNCH,
-                *argv,
-                cwd=self.root_dir,
-                env=self._env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                # Its own process group, so kernels it may start die with it.
-                start_new_session=True,
-            )
+        await self._spawn_logged(
+            "-c",
+            launch_code("jupyter_server.serverapp:main"),
+            *argv,
+            cwd=self.root_dir,
+            env=self._env(),
+            # Its own process group, so kernels it may start die with it.
+            start_new_session=True,
+        )
 
-    async def _wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
+    async def _ready(self) -> bool:
+        # Short per-request timeout: whoever else holds the port may accept
+        # connections and never answer.
         try:
-            async with asyncio.timeout(scaled(timeout)):
-                while True:
-                    # Checked before the exit status: a server that could not
-                    # bind exits with 1, and that case is worth another attempt.
-                    if f"port {self.port} is not available" in self.log(
-                        this_attempt=True
-                    ):
-                        raise _PortTaken(f"port {self.port} taken:\n" + self.log())
-                    if self.proc.returncode is not None:
-                        raise JupyterError(
-                            f"jupyter server exited with {self.proc.returncode}:\n"
-                            + self.log()
-                        )
-                    # Short per-request timeout: whoever else holds the port
-                    # may accept connections and never answer.
-                    try:
-                        resp = await self.request("GET", "api/status", timeout=1)
-                    except httpx.TransportError:
-                        resp = None  # not listening yet
-                    if resp is not None and resp.status_code == 200:
-                        return
-                    if resp is not None and resp.status_code != 200:
-                        raise JupyterError(
-                            f"GET /api/status: HTTP {resp.status_code}, "
-                            f"another server on port {self.port}?\n" + self.log()
-                        )
-                    # Nothing to await: the server gives no readiness signal but this.
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
+            resp = await self.request("GET", "api/status", timeout=1)
+        except httpx.TransportError:
+            return False  # not listening yet
+        if resp.status_code != 200:
             raise JupyterError(
-                f"jupyter server not ready after {scaled(timeout)}s:\n" + self.log()
-            ) from None
+                f"GET /api/status: HTTP {resp.status_code}, "
+                f"another server on port {self.port}?\n" + self.log()
+            )
+        return True
 
     async def kill(self, timeout: float = 10) -> None:
         """SIGKILL the server's process group (it and any kernels) and reap it.

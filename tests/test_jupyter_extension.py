@@ -21,7 +21,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from tests.jupyterclient import (
 )
 from tests.jupyterproc import JupyterServer, file_args, viewer_config
 from tests.serverproc import ServerProcess
+from tests.subprocs import free_port
 from tests.timing import scaled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -66,13 +66,6 @@ VIEWER_CONFIG = viewer_config(VIEWER_TOKEN)
 
 
 # --- the two servers ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SamePortJupyter(JupyterServer):
@@ -249,21 +242,6 @@ async def refusal(url: str, **options: Any) -> int:
     return info.value.response.status_code
 
 
-async def save(client: JupyterClient, save_id: int) -> str:
-    """A RAW save's status, asked again while ysyncd answers "skipped".
-
-    ysyncd skips a save while its 1 s file poll holds the room's lock (a few
-    ms per poll), which the frontend reports as "Saving already in progress";
-    see the report on FileBinding.save. Not what these tests are about.
-    """
-    for attempt in range(5):
-        status = await client.save(save_id * 10 + attempt)
-        if status != "skipped":
-            return status
-        await asyncio.sleep(0.05)
-    return status
-
-
 # --- 1. the session endpoint ----------------------------------------------------------
 
 
@@ -336,7 +314,7 @@ async def test_two_clients_converge_save_and_outlive_a_jupyter_restart(
         await bob.wait(lambda: nb_bob.get() == nb_alice.get(), "bob converging")
         assert len(nb_alice.get()["cells"]) == len(original.cells) + 1
 
-        assert await save(bob, 1) == "success"
+        assert await bob.save(1) == "success"
         expected = notebook_bytes(nb_alice.get())
         saved = shared.disk.read_bytes()
         assert saved == expected
@@ -378,7 +356,7 @@ async def test_two_clients_converge_save_and_outlive_a_jupyter_restart(
         assert alice.close_code is None and bob.close_code is None
         assert [c["id"] for c in cells_of(alice)] == [c["id"] for c in before["cells"]]
         assert nb_alice.get() == nb_bob.get()
-        assert await save(alice, 2) == "success"
+        assert await alice.save(2) == "success"
         assert shared.disk.read_bytes() == notebook_bytes(nb_bob.get())
 
 

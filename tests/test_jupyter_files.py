@@ -25,11 +25,10 @@ from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
-from jupyter_server.services.contents.filemanager import AsyncFileContentsManager
 from pycrdt import Doc
-from traitlets.config import Config
 
 from tests.jupyterproc import JupyterServer, collaborating_jupyter
+from tests.test_jupyter_documents import contents_manager
 from tests.timing import scaled
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import (
@@ -59,21 +58,6 @@ READS = [
     ("blob.bin", "base64", "blob"),
     ("blob.bin", "base64", "file"),
 ]
-
-
-def contents_manager(root: Path) -> AsyncFileContentsManager:
-    """jupyter_server's own ContentsManager over ``root``, its notary's
-    signatures kept in memory (nothing written under $HOME)."""
-    config = Config(
-        {
-            "NotebookNotary": {
-                "db_file": ":memory:",
-                "secret": b"ysyncd tests",
-                "data_dir": str(root.parent / "notary"),
-            }
-        }
-    )
-    return AsyncFileContentsManager(root_dir=str(root), config=config)
 
 
 @pytest.fixture

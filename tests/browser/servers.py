@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +30,7 @@ import httpx
 from tests.browser.lab import LAB_EXTENSIONS, lab_config, write_user_settings
 from tests.jupyterproc import JupyterServer, file_args, running_jupyter
 from tests.serverproc import ServerProcess
+from tests.subprocs import free_port
 from tests.timing import scaled
 
 
@@ -78,13 +78,6 @@ async def reference_lab(workdir: Path) -> AsyncIterator[Lab]:
         yield Lab("reference", jupyter, lambda: "jupyter server:\n" + jupyter.log())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _write_secret(path: Path) -> Path:
     """A fresh glue secret, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +107,7 @@ async def ysyncd_lab(workdir: Path) -> AsyncIterator[Lab]:
     """
     secret_file = _write_secret(workdir / "glue-secret")
     ysyncd = ServerProcess(workdir / "ysyncd.db")
-    ysyncd.port = _free_port()
+    ysyncd.port = free_port()
     jupyter_dir = workdir / "jupyter"
     write_user_settings(jupyter_dir / "config")
     async with running_jupyter(
