@@ -59,6 +59,8 @@ CONFIG_D = REPO / "ysyncd" / "jupyter" / "jupyter_server_config.d" / "ysyncd.jso
 #: The extension's default namespace outside JupyterHub.
 NAMESPACE = "user/local"
 UNKNOWN_ID = "00000000-0000-0000-0000-00000000dead"
+#: ysyncd's --poll-interval here.
+POLL_S = 600
 
 # A read-only user: VIEWER_TOKEN signs in as "viewer", who may only read.
 VIEWER_TOKEN = "viewer-" + "5" * 40
@@ -124,8 +126,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         "glue",
         "--glue-secret-file",
         str(secret_file),
-        # Saves only when a client asks.
-        *file_args(jupyter, save_delay=30),
+        # Saves only when a client asks, and follows files only when the
+        # extension says they changed (POLL_S is longer than any test).
+        *file_args(jupyter, save_delay=30, poll_interval=POLL_S),
     )
     ysyncd.port = port
     try:
@@ -218,6 +221,10 @@ async def wait_connections(ysyncd: ServerProcess, wanted: int, what: str) -> Non
         raise AssertionError(f"{what}: ysyncd holds {seen} connections") from None
 
 
+class NotClosed(AssertionError):
+    """A connection expected to be closed stayed open."""
+
+
 async def first_close(
     url: str, timeout: float = 5, **options: Any
 ) -> tuple[int | None, str]:
@@ -231,7 +238,16 @@ async def first_close(
             rcvd = ws.protocol.close_rcvd
             return (None, "") if rcvd is None else (rcvd.code, rcvd.reason)
         except TimeoutError:
-            raise AssertionError(f"{url} was not closed") from None
+            raise NotClosed(f"{url} was not closed") from None
+
+
+async def closed_within(url: str, seconds: float) -> tuple[int | None, str] | None:
+    """How a new connection to ``url`` is closed, or None if it stays open
+    for ``seconds``."""
+    try:
+        return await first_close(url, timeout=seconds)
+    except NotClosed:
+        return None
 
 
 async def refusal(url: str, **options: Any) -> int:
@@ -470,6 +486,74 @@ async def test_close_codes_and_reasons_are_relayed_unchanged(stack: Stack) -> No
     closed = await first_close(f"{stack.url}/{room(shared.room_id, session, token)}")
     assert closed[0] == 4404, closed
     assert closed[1].startswith("Error initializing")
+
+
+async def test_contents_events_reach_open_rooms_without_polling(stack: Stack) -> None:
+    """ysyncd polls files every 10 minutes here, so only the extension's
+    contents events can bring a save made outside JupyterLab, a rename and a
+    delete into an open room within seconds."""
+    jupyter, token = stack.jupyter, stack.jupyter.token
+    shared = await share(jupyter, "pushed.ipynb")
+    path = room(shared.room_id, shared.session, token)
+    async with JupyterClient.connect(stack.url, path) as client:
+        model = (await jupyter.request("GET", "api/contents/pushed.ipynb")).json()
+        content = model["content"]
+        content["cells"][0]["source"] = "saved through the contents API"
+        await jupyter.request(
+            "PUT",
+            "api/contents/pushed.ipynb",
+            json={"type": "notebook", "format": "json", "content": content},
+            expect=200,
+        )
+        await client.wait(
+            lambda: str(source_of(client, 0)) == "saved through the contents API",
+            "the outside save",
+        )
+
+        await jupyter.request(
+            "PATCH", "api/contents/pushed.ipynb", json={"path": "moved.ipynb"}
+        )
+        await client.wait(
+            lambda: state_of(client)["path"] == "moved.ipynb", "the rename"
+        )
+        # The room follows the file under its new name: a save lands there.
+        append(source_of(client, 0), " and renamed")
+        await client.wait_confirmed()
+        assert await client.save(1) == "success"
+        saved = nbformat.reads(
+            (jupyter.root_dir / "moved.ipynb").read_text(), as_version=4
+        )
+        assert saved.cells[0].source == "saved through the contents API and renamed"
+
+        await jupyter.request("DELETE", "api/contents/moved.ipynb", expect=204)
+        async with asyncio.timeout(scaled(5)):
+            # Until ysyncd has heard of the delete, new sockets stay open.
+            while (closed := await closed_within(f"{stack.url}/{path}", 0.5)) is None:
+                continue
+        assert closed[0] == 4404, closed
+        assert closed[1].startswith("Error initializing")
+        assert client.close_code is None  # the open socket stays
+
+
+async def test_only_the_extension_may_say_files_changed(stack: Stack) -> None:
+    """``/_ysyncd/changed/{namespace}`` needs the glue secret and write."""
+    url = f"{stack.ysyncd.http_url}/_ysyncd/changed/{NAMESPACE}"
+    cases = {
+        "no secret": ({}, 401),
+        "a wrong secret": ({"Authorization": "Bearer " + "0" * 64}, 401),
+        "no write": ({"Authorization": f"Bearer {stack.secret}"}, 403),
+        "the extension": (stack.glue_headers, 200),
+    }
+    async with httpx.AsyncClient(trust_env=False, timeout=scaled(10)) as http:
+        for what, (headers, status) in cases.items():
+            resp = await http.get(url, headers=headers)
+            assert resp.status_code == status, (what, resp.text)
+        assert set(resp.json()) == {"rooms"}
+        elsewhere = await http.get(
+            f"{stack.ysyncd.http_url}/_ysyncd/changed/not/a/namespace",
+            headers=stack.glue_headers,
+        )
+        assert elsewhere.status_code == 404
 
 
 async def test_ysyncd_sockets_end_with_the_browsers(stack: Stack) -> None:

@@ -573,7 +573,9 @@ async def test_server_urls_fill_the_template() -> None:
         assert (
             url(Namespace("alice", "srv2")) == "http://hub:8000/prefix/user/alice/srv2/"
         )
-        assert url(Namespace("a%40b")) == "http://hub:8000/prefix/user/a%40b/"
+        # Room paths are read unescaped; URLs escape names as JupyterHub does.
+        assert url(Namespace("a@b")) == "http://hub:8000/prefix/user/a@b/"
+        assert url(Namespace("a b#c")) == "http://hub:8000/prefix/user/a%20b%23c/"
         for bad in [Namespace(".."), Namespace("%2e%2E"), Namespace("a%2fb")]:
             with pytest.raises(UnsafePath):
                 url(bad)

@@ -9,8 +9,10 @@
 
 Routing happens in ``process_request``, before any upgrade: ``/healthz``
 answers 200 (503 while commits are failing), ``/metrics`` gives Prometheus
-counters, a path that names no valid room gets 400, and a connection over the
-room, per-room or total limit gets 503.
+counters, ``/_ysyncd/epoch`` the store's epoch (a Jupyter session id) and
+``/_ysyncd/changed/{namespace}`` takes the Jupyter server extension's word that
+files changed; a path that names no valid room gets 400, and a connection over
+the room, per-room or total limit gets 503.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class RoomFailed(Exception):
 
 
 log = logging.getLogger("ysyncd.server")
+
+#: Where the Jupyter server extension says its files changed.
+FILES_CHANGED = "/_ysyncd/changed/"
 
 Listening = Callable[[str, int], None]
 
@@ -145,7 +150,10 @@ class _App:
         self, conn: ServerConnection, request: Request
     ) -> Response | None:
         if "websocket" not in request.headers.get("Upgrade", "").lower():
-            return self._plain_http(conn, request.path.partition("?")[0])
+            path = request.path.partition("?")[0]
+            if path.startswith(FILES_CHANGED):
+                return await self._files_changed(conn, request, path)
+            return self._plain_http(conn, path)
         try:
             room = room_from_path(
                 request.path, max_bytes=self.settings.max_room_name_bytes
@@ -185,6 +193,35 @@ class _App:
         if exc.status == http.HTTPStatus.UNAUTHORIZED:
             response.headers["WWW-Authenticate"] = 'Bearer realm="ysyncd"'
         return response
+
+    async def _files_changed(
+        self, conn: ServerConnection, request: Request, path: str
+    ) -> Response:
+        """``GET /_ysyncd/changed/{namespace}``: a Jupyter server's files changed.
+
+        Asked as a writer of that namespace's rooms would be (the extension
+        with its glue secret); the answer says how many rooms were told.
+        """
+        try:
+            prefix = room_from_path(
+                "/" + path[len(FILES_CHANGED) :],
+                max_bytes=self.settings.max_room_name_bytes,
+            )
+        except InvalidRoomName as exc:
+            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        # Any room of the namespace stands for it, as the extension names them.
+        room = f"{prefix.rstrip('/')}/api/collaboration/room/-"
+        namespace = self.jupyter.pattern.namespace(room)
+        if namespace is None:
+            return conn.respond(http.HTTPStatus.NOT_FOUND, "not a Jupyter namespace\n")
+        try:
+            grant = await self._authorize(request, room)
+        except AuthError as exc:
+            return self._refuse(conn, room, exc)
+        if grant.read_only:
+            return self._refuse(conn, room, Forbidden("read-only"))
+        told = self.jupyter.files_changed(self.registry.rooms.values(), namespace)
+        return conn.respond(http.HTTPStatus.OK, json.dumps({"rooms": told}) + "\n")
 
     def _plain_http(self, conn: ServerConnection, path: str) -> Response:
         # Only requests without an upgrade reach these, so rooms may have any name.

@@ -22,8 +22,10 @@ keeps no document state itself. Two endpoints, under the server's base URL:
   error (the browser then retries, as for any dropped socket).
 
 ysyncd resolves file ids itself (``--jupyter-url``, this server's
-``api/fileid/path``) and follows renames and deletes by polling, so the
-extension pushes nothing to it.
+``api/fileid/path``) and polls the files of its rooms. The extension listens
+to the contents events (save, upload, rename, delete) and tells ysyncd at once
+(``GET /_ysyncd/changed/{namespace}``), so a rename, a delete or a save made
+outside JupyterLab shows up in the room without waiting for the next poll.
 
 Configuration (``c.YsyncdExtension.*``; the environment gives defaults):
 
@@ -74,6 +76,9 @@ LOST = (1011, "ysyncd connection lost")
 #: ysyncd's HTTP refusals that say something about the request, passed on;
 #: any other (401: a wrong secret) is this server's problem: 502.
 _RELAYED_STATUSES = frozenset({400, 403, 404, 503})
+#: jupyter_server's contents events, and those that change a file.
+CONTENTS_EVENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
+_CHANGES = frozenset({"save", "upload", "rename", "delete"})
 
 
 def relayable(code: int | None, reason: str | None) -> tuple[int | None, str | None]:
@@ -109,8 +114,11 @@ class Glue:
         scheme, _, rest = self.ysyncd_url.partition(":")
         http = "https" if scheme == "wss" else "http"
         self.epoch_url = f"{http}:{rest}/_ysyncd/epoch"
+        self.changed_url = f"{http}:{rest}/_ysyncd/changed/{namespace}"
         self._epoch: str | None = None
         self._epoch_lock = asyncio.Lock()
+        self._notifier: asyncio.Task[None] | None = None
+        self._changed_again = False
 
     # --- the session id ---------------------------------------------------------
 
@@ -154,6 +162,38 @@ class Glue:
             log.warning("GET %s: HTTP %d, no epoch", self.epoch_url, response.code)
             raise web.HTTPError(503, "ysyncd did not give its epoch")
         return epoch
+
+    # --- files changed -----------------------------------------------------------
+
+    def files_changed(self) -> None:
+        """Tell ysyncd that files changed; events that come meanwhile share
+        the next request, so a burst of them costs two requests at most."""
+        self._changed_again = True
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._notify())
+            self._notifier.add_done_callback(_log_failure)
+
+    async def _notify(self) -> None:
+        while self._changed_again:
+            self._changed_again = False
+            request = HTTPRequest(
+                self.changed_url,
+                headers={
+                    "Authorization": f"Bearer {self.secret}",
+                    "X-Ysyncd-Write": "1",  # asked as the rooms' writer
+                },
+                connect_timeout=self.timeout,
+                request_timeout=self.timeout,
+                follow_redirects=False,
+            )
+            try:
+                response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            except (OSError, HTTPClientError) as exc:
+                # ysyncd's own poll finds the change a little later.
+                log.warning("GET %s: %s", self.changed_url, exc)
+                continue
+            if response.code != 200:
+                log.warning("GET %s: HTTP %d", self.changed_url, response.code)
 
     # --- the room socket --------------------------------------------------------
 
@@ -442,6 +482,20 @@ class YsyncdExtension(ExtensionApp):
         self.log.info(
             "ysyncd.jupyter: rooms go to %s/%s", self.ysyncd_url, self.namespace
         )
+        assert self.serverapp is not None
+        events = self.serverapp.event_logger
+        assert events is not None  # set before extensions load
+        events.add_listener(schema_id=CONTENTS_EVENTS, listener=self._on_contents_event)
+
+    async def _on_contents_event(
+        self, logger: Any, schema_id: str, data: dict[str, Any]
+    ) -> None:
+        """A jupyter_events listener (called with these keyword arguments)."""
+        if data.get("action") in _CHANGES:
+            # jupyter_server_fileid moves or drops its ids in a listener of
+            # its own; let it run before ysyncd asks where a file id went.
+            await asyncio.sleep(0)
+            self.glue.files_changed()
 
     def initialize_handlers(self) -> None:
         assert self.serverapp is not None

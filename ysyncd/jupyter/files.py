@@ -644,13 +644,14 @@ class _JupyterApi:
     def server_url(self, ns: Namespace) -> str:
         """The base URL of ``ns``'s server, ending in ``/``.
 
-        ``{owner}`` and ``{server}`` are filled verbatim: they are URL path
-        segments already (JupyterHub escapes names in its URLs). An empty
-        ``{server}`` (the default server) leaves no empty segment behind.
+        ``{owner}`` and ``{server}`` are escaped as JupyterHub escapes names
+        in its URLs. An empty ``{server}`` (the default server) leaves no
+        empty segment behind.
         """
         _segment(ns.owner, "owner")
         _segment(ns.server, "server", optional=True)
-        url = urlsplit(_fill(self.url_template, ns.owner, ns.server))
+        owner, server = (quote(name, safe="@~") for name in (ns.owner, ns.server))
+        url = urlsplit(_fill(self.url_template, owner, server))
         path = re.sub("/{2,}", "/", url.path.rstrip("/") + "/")
         return urlunsplit(url._replace(path=path))
 

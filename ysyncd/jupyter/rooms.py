@@ -13,9 +13,10 @@ JupyterLab users expect their work. :class:`FileBinding` joins the two:
   ``state.dirty``/``state.hash`` are set. A client's "save" request saves at
   once. Clients whose awareness says ``autosave: false`` are respected as in
   jupyter_server_ydoc: autosave runs unless every client turned it off.
-- **Outside edits.** The file is polled every ``poll_interval`` seconds. A
-  change made outside is merged as a CRDT edit made *from the last saved
-  version*, so edits in the room that are not saved yet survive next to it
+- **Outside edits.** The file is polled every ``poll_interval`` seconds, and
+  at once when :meth:`FileBinding.poke` says it changed. A change made
+  outside is merged as a CRDT edit made *from the last saved version*, so
+  edits in the room that are not saved yet survive next to it
   (jupyter_server_ydoc reloads the file and drops them). A rename updates
   ``state.path``; a deleted file turns new connections away with 4404.
 """
@@ -85,6 +86,7 @@ class FileBinding:
         self._saved = ""
         self._base = b""  # the doc as of that content, to merge outside edits onto
         self._wake = asyncio.Event()
+        self._poked = asyncio.Event()
         self._lock = asyncio.Lock()  # one load, save or merge at a time
         self._saving = False
         self._scope = anyio.CancelScope()
@@ -136,6 +138,10 @@ class FileBinding:
         if self._room is not None and self._subscription is not None:
             self._room.doc.unobserve(self._subscription)
             self._subscription = None
+
+    def poke(self) -> None:
+        """The file may have changed (saved, renamed, deleted): check it now."""
+        self._poked.set()
 
     async def save_if_changed(self) -> None:
         await self.save()
@@ -206,28 +212,43 @@ class FileBinding:
 
     async def _poll(self) -> None:
         while True:
-            await anyio.sleep(self.poll_interval)
+            with anyio.move_on_after(self.poll_interval):
+                await self._poked.wait()
+            self._poked.clear()
             if self._lock.locked():
-                continue
+                continue  # a save is under way, and checks the file itself
             async with self._lock:
                 try:
-                    await self._follow_rename()
-                    await self._merge_outside_edits()
+                    await self._check_file()
                 except FileGone:
                     self._mark_gone()
                     return
                 except YsyncdError as exc:
                     log.warning("checking %s failed: %s", self.path, exc)
 
-    async def _follow_rename(self) -> None:
+    async def _check_file(self) -> None:
+        try:
+            await self._follow_rename()
+            await self._merge_outside_edits()
+        except FileGone:
+            # The file id may have been read before the id service saw a
+            # rename (Jupyter updates it just after): gone only if it agrees.
+            if not await self._follow_rename():
+                raise
+            await self._merge_outside_edits()
+
+    async def _follow_rename(self) -> bool:
+        """Follow the file id to its path; True if the path changed."""
         t = self.target
         path = await self.files.resolve(t.namespace, t.file_id)
         if path is None:
             raise FileGone(f"file id {t.file_id!r} is gone")
-        if path != self.path:
-            log.info("%s was renamed to %s", self.path, path)
-            self.path = path
-            self._set_state(path=path)
+        if path == self.path:
+            return False
+        log.info("%s was renamed to %s", self.path, path)
+        self.path = path
+        self._set_state(path=path)
+        return True
 
     async def _merge_outside_edits(self) -> None:
         t = self.target

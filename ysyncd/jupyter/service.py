@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -26,7 +27,7 @@ from ysyncd.errors import InvalidUpdate
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import Files, open_files
 from ysyncd.jupyter.rooms import FileBinding, Target
-from ysyncd.namespaces import PathPattern
+from ysyncd.namespaces import Namespace, PathPattern
 from ysyncd.peer import Peer
 from ysyncd.protocol import JupyterSave, Message, encode_raw
 from ysyncd.room import Room
@@ -95,6 +96,24 @@ class JupyterRooms:
                 located.namespace, kind.file_format, kind.file_type, kind.file_id
             )
         return Route(located.key, target, session)
+
+    def files_changed(self, rooms: Iterable[Room], namespace: Namespace) -> int:
+        """Files in ``namespace`` changed: check those of its rooms now.
+
+        The Jupyter server extension says so on its contents events (save,
+        rename, delete), so they show up at once rather than at the next poll.
+        Returns how many rooms were told.
+        """
+        told = 0
+        for room in rooms:
+            binding = room.document
+            if (
+                isinstance(binding, FileBinding)
+                and binding.target.namespace == namespace
+            ):
+                binding.poke()
+                told += 1
+        return told
 
     def receive(self, peer: Peer, room: Room, message: Message) -> None:
         """:meth:`Room.receive`, plus what only Jupyter rooms do."""
