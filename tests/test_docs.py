@@ -1,11 +1,14 @@
-"""The README's contracts: the settings table and the two set-up commands."""
+"""The README's contracts: the settings table and the two set-up commands;
+and the reference deployment files, which no test runs, name real settings."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ysyncd.config import settings_table
+import yaml
+
+from ysyncd.config import describe, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -38,3 +41,25 @@ def test_ci_runs_the_readme_test_command() -> None:
     test = shell_blocks(README)[1]
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci_lines
+
+
+#: What the ysyncd.jupyter extension reads from the environment.
+EXTENSION_ENV = {"YSYNCD_URL", "YSYNCD_GLUE_SECRET_FILE"}
+REFERENCE_FILES = [
+    "examples/jupyterhub/compose.yaml",
+    "examples/jupyterhub/kubernetes-sidecar.yaml",
+    "examples/jupyterhub/kubernetes-objects.yaml",
+]
+
+
+def test_reference_deployments_parse_and_name_real_settings() -> None:
+    """compose.yaml and the Kubernetes files are YAML, and every YSYNCD_*
+    variable in them is a setting of ysyncd or of its Jupyter extension."""
+    known = {env for s in describe() for env in s.envvars} | EXTENSION_ENV
+    named = set()
+    for name in REFERENCE_FILES:
+        text = (ROOT / name).read_text()
+        assert list(yaml.safe_load_all(text)), name
+        named |= set(re.findall(r"\bYSYNCD_[A-Z_]+\b", text))
+    assert named, "no settings found: the pattern is wrong"
+    assert named - {"YSYNCD_HUB_TOKEN"} <= known  # that one is compose's own

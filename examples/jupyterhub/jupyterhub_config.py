@@ -1,0 +1,141 @@
+"""JupyterHub with ysyncd as its real-time collaboration backend.
+
+Run it with ``jupyterhub -f examples/jupyterhub/jupyterhub_config.py`` in an
+environment holding ``ysyncd[jupyter]``, ``jupyterhub``, ``jupyterlab``,
+``jupyter-docprovider`` and ``jupyter-collaboration-ui``, with
+``configurable-http-proxy`` (npm) on the PATH. Then sign in at
+http://127.0.0.1:8000 as anyone (any password: DummyAuthenticator).
+
+- **ysyncd is a managed Hub service.** The Hub starts it, restarts it with
+  itself, and gives it an API token (``$JUPYTERHUB_API_TOKEN``) whose role may
+  reach every user's server: ysyncd reads and writes notebooks through their
+  Contents API (``--jupyter-files contents``), so it needs no access to the
+  users' disks and runs anywhere the proxy is reachable.
+- **Single-user servers run the ysyncd.jupyter extension**, enabled by the
+  ``jupyter_server_config.d/ysyncd.json`` that ``ysyncd[jupyter]`` installs.
+  The browser talks to its own server only; the extension checks the user's
+  permissions and pipes the room sockets to ysyncd with the glue secret.
+- **Users may share their servers** (``shares!user``): once alice shares hers
+  with bob, bob opens her notebooks and edits them with her, live.
+
+This is a try-out on one machine: everyone runs as the Hub's Unix user, with
+homes under the data directory. For production, swap the authenticator and
+the spawner, keep ysyncd on a private network, and keep the secret file
+readable by ysyncd and the single-user servers only (``compose.yaml`` and
+``kubernetes-sidecar.yaml`` show how it is laid out in containers).
+
+Every value a deployment changes comes from the environment:
+
+- ``EXAMPLE_DATA_DIR``: where the Hub, ysyncd and the homes keep their data
+  (``./data`` next to this file);
+- ``EXAMPLE_BIND_URL``: the public URL the proxy listens on
+  (``http://127.0.0.1:8000``);
+- ``EXAMPLE_HUB_PORT``, ``EXAMPLE_PROXY_API_PORT``, ``EXAMPLE_YSYNCD_PORT``:
+  loopback ports of the Hub's API, the proxy's API and ysyncd (8081, 8001,
+  1234);
+- ``EXAMPLE_AUTH_CACHE_SECONDS``: how long a single-user server trusts the
+  Hub's word about a token (30), so how long a share takes to open a server;
+- ``EXAMPLE_GLUE_SECRET_FILE``: the secret ysyncd and the single-user
+  servers share (made in the data directory if absent);
+- ``EXAMPLE_YSYNCD_URL`` and ``EXAMPLE_YSYNCD_TOKEN``: set both when ysyncd
+  runs elsewhere (its own container, a sidecar): the Hub then only registers
+  it, with that API token, and single-user servers dial that URL.
+"""
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
+
+DATA = Path(
+    os.environ.get("EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
+).resolve()
+BIND_URL = os.environ.get("EXAMPLE_BIND_URL") or "http://127.0.0.1:8000"
+HUB_PORT = int(os.environ.get("EXAMPLE_HUB_PORT") or 8081)
+PROXY_API_PORT = int(os.environ.get("EXAMPLE_PROXY_API_PORT") or 8001)
+YSYNCD_PORT = int(os.environ.get("EXAMPLE_YSYNCD_PORT") or 1234)
+AUTH_CACHE_SECONDS = int(os.environ.get("EXAMPLE_AUTH_CACHE_SECONDS") or 30)
+
+DATA.mkdir(parents=True, exist_ok=True)
+
+# --- the Hub and its proxy ----------------------------------------------------------
+
+c.JupyterHub.bind_url = BIND_URL
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = HUB_PORT
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
+c.ConfigurableHTTPProxy.pid_file = str(DATA / "jupyterhub-proxy.pid")
+c.JupyterHub.db_url = f"sqlite:///{DATA / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(DATA / "jupyterhub_cookie_secret")
+
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "simple"  # every user as the Hub's Unix user
+c.SimpleLocalProcessSpawner.home_dir_template = str(DATA / "home" / "{username}")
+
+# --- the glue secret: ysyncd trusts whoever holds it ----------------------------------
+
+SECRET_FILE = Path(
+    os.environ.get("EXAMPLE_GLUE_SECRET_FILE") or DATA / "ysyncd-glue.secret"
+)
+if not SECRET_FILE.exists():  # made once, readable by the Hub's user only
+    SECRET_FILE.touch(mode=0o600)
+    SECRET_FILE.write_text(secrets.token_hex(32) + "\n")
+
+# --- ysyncd: a managed service, or an external one --------------------------------
+
+# Where ysyncd finds each user's server: through the proxy, as the browser does.
+public = urlsplit(BIND_URL)
+proxy_host = (
+    "127.0.0.1" if public.hostname in (None, "", "0.0.0.0") else public.hostname
+)
+proxy_port = public.port or (443 if public.scheme == "https" else 80)
+proxy_path = public.path.rstrip("/")
+users_url = f"{public.scheme}://{proxy_host}:{proxy_port}{proxy_path}/user"
+
+YSYNCD_URL = os.environ.get("EXAMPLE_YSYNCD_URL") or f"ws://127.0.0.1:{YSYNCD_PORT}"
+if os.environ.get("EXAMPLE_YSYNCD_URL"):
+    # Run elsewhere (compose.yaml, kubernetes-sidecar.yaml), with the same
+    # options as below and this token as --jupyter-token.
+    ysyncd = {"name": "ysyncd", "api_token": os.environ["EXAMPLE_YSYNCD_TOKEN"]}
+else:
+    ysyncd = {
+        "name": "ysyncd",
+        # The Hub's own Python: ysyncd is installed next to it.
+        "command": [
+            sys.executable,
+            "-m",
+            "ysyncd",
+            "serve",
+            *("--host", "127.0.0.1", "--port", str(YSYNCD_PORT)),
+            *("--db", str(DATA / "ysyncd.db")),
+            *("--auth", "glue", "--glue-secret-file", str(SECRET_FILE)),
+            *("--jupyter-files", "contents"),
+            # {owner} and {server} come from each room's path; the service's
+            # own token ($JUPYTERHUB_API_TOKEN) signs the requests.
+            *("--jupyter-url", users_url + "/{owner}/{server}/"),
+        ],
+    }
+# No "url" either way: browsers never reach ysyncd, only single-user servers.
+c.JupyterHub.services = [ysyncd]
+c.JupyterHub.load_roles = [
+    # ysyncd reads and saves notebooks in every user's server.
+    {"name": "ysyncd", "services": ["ysyncd"], "scopes": ["access:servers"]},
+    # Users may share their servers with others, named (POST
+    # /hub/api/shares/{user}/ needs both scopes) or by a share code.
+    {"name": "user", "scopes": ["self", "shares!user", "read:users:name"]},
+]
+
+# --- single-user servers, with the ysyncd.jupyter extension ---------------------------
+
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.default_url = "/lab"
+c.Spawner.environment = {
+    "YSYNCD_URL": YSYNCD_URL,
+    "YSYNCD_GLUE_SECRET_FILE": str(SECRET_FILE),
+}
+c.Spawner.args = [f"--HubOAuth.cache_max_age={AUTH_CACHE_SECONDS}"]
+if os.getuid() == 0:  # a try-out in a container runs everything as root
+    c.Spawner.args.append("--allow-root")
