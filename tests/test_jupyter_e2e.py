@@ -741,3 +741,35 @@ async def test_a_rename_moves_the_room_to_the_new_path(
         renamed = jupyter.root_dir / "after rename ü.ipynb"
         assert renamed.read_bytes() == notebook_bytes(notebook.get())
         assert not nb_file.disk.exists()
+
+
+async def test_a_save_right_after_a_rename_follows_it(
+    jupyter: JupyterServer, tmp_path: Path
+) -> None:
+    """A save that comes before any poll has seen a rename writes to the new
+    path: it neither brings the old file back nor takes the room for gone."""
+    nb_file = await share(jupyter, "nb45.ipynb", "save-after-rename.ipynb")
+    args = file_args(jupyter, save_delay=NO_AUTOSAVE_S, poll_interval=600)
+    async with running_server(tmp_path / "ysyncd.db", *args) as server:
+        path = await ysyncd_path(server, nb_file.room_id)
+        async with JupyterClient.connect(server.url, path) as client:
+            append(source_of(client, 0), " renamed under the room")
+            await client.wait_confirmed()
+            await jupyter.request(
+                "PATCH",
+                "api/contents/save-after-rename.ipynb",
+                json={"path": "renamed-before-save.ipynb"},
+                expect=200,
+            )
+            assert await client.save(1) == "success"
+            await client.wait(
+                lambda: state_of(client).get("path") == "renamed-before-save.ipynb",
+                "state.path to follow the rename",
+            )
+            renamed = jupyter.root_dir / "renamed-before-save.ipynb"
+            expected = notebook_bytes(YNotebook(ydoc=client.doc).get())
+            assert renamed.read_bytes() == expected
+            assert not nb_file.disk.exists()
+        # The room is not taken for gone: it opens again.
+        async with JupyterClient.connect(server.url, path) as again:
+            assert state_of(again)["path"] == "renamed-before-save.ipynb"

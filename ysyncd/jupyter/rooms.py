@@ -163,7 +163,9 @@ class FileBinding:
     async def _save_locked(self) -> SaveStatus:
         async with self._lock:  # after any load, poll or merge under way
             try:
-                await self._merge_outside_edits()
+                # Follow a rename first: writing to the old path would bring
+                # a moved file back (or take the room for gone).
+                await self._check_file()
                 content = documents.content(self._model)
                 if documents.content_digest(content) == self._saved:
                     return "success"
@@ -215,9 +217,7 @@ class FileBinding:
             with anyio.move_on_after(self.poll_interval):
                 await self._poked.wait()
             self._poked.clear()
-            if self._lock.locked():
-                continue  # a save is under way, and checks the file itself
-            async with self._lock:
+            async with self._lock:  # after a save under way, if any
                 try:
                     await self._check_file()
                 except FileGone:
