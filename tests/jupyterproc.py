@@ -354,23 +354,39 @@ def file_args(
     ]
 
 
-def viewer_config(viewer_token: str) -> str:
+def viewer_config(viewer_token: str, guest: tuple[str, Path] | None = None) -> str:
     """Jupyter config text adding a read-only user: ``viewer_token`` signs in
-    as "viewer", who may only read; the server's own token works as usual."""
+    as "viewer", who may only read; the server's own token works as usual.
+
+    ``guest``, a token and a JSON file, adds "guest", whose actions on
+    contents are listed in that file (e.g. ``["read"]``), read at each check,
+    so a test can take them away while the guest is connected.
+    """
+    guest_token, guest_file = guest if guest is not None else ("", Path())
     return f"""\
+import json
+
 from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.identity import PasswordIdentityProvider, User
+
+GUEST_TOKEN, GUEST_FILE = {guest_token!r}, {str(guest_file)!r}
 
 
 class ViewerTokenIdentity(PasswordIdentityProvider):
     async def get_user_token(self, handler):
-        if self.get_token(handler) == {viewer_token!r}:
+        token = self.get_token(handler)
+        if token == {viewer_token!r}:
             return User(username="viewer")
+        if GUEST_TOKEN and token == GUEST_TOKEN:
+            return User(username="guest")
         return await super().get_user_token(handler)
 
 
 class ViewerOnlyReads(Authorizer):
     def is_authorized(self, handler, user, action, resource):
+        if user.username == "guest":
+            with open(GUEST_FILE) as f:
+                return action in json.load(f)
         return user.username != "viewer" or action == "read"
 
 

@@ -62,9 +62,12 @@ UNKNOWN_ID = "00000000-0000-0000-0000-00000000dead"
 #: ysyncd's --poll-interval here.
 POLL_S = 600
 
-# A read-only user: VIEWER_TOKEN signs in as "viewer", who may only read.
+# A read-only user: VIEWER_TOKEN signs in as "viewer", who may only read;
+# GUEST_TOKEN signs in as "guest", who may do what Stack.guest_file lists.
 VIEWER_TOKEN = "viewer-" + "5" * 40
-VIEWER_CONFIG = viewer_config(VIEWER_TOKEN)
+GUEST_TOKEN = "guest-" + "7" * 40
+#: The extension's recheck_seconds here.
+RECHECK_S = 0.3
 
 
 # --- the two servers ------------------------------------------------------------------
@@ -89,6 +92,11 @@ class Stack:
     jupyter: SamePortJupyter
     ysyncd: ServerProcess
     secret: str
+    guest_file: Path
+
+    def let_guest(self, *actions: str) -> None:
+        """What the guest may do with contents from now on."""
+        self.guest_file.write_text(json.dumps(actions))
 
     @property
     def url(self) -> str:
@@ -107,10 +115,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     secret_file = workdir / "glue.secret"
     secret_file.write_text(secret + "\n")
     secret_file.chmod(0o600)
+    guest_file = workdir / "guest.json"
+    guest_file.write_text("[]")
     port = free_port()
     config = (
         f"c.YsyncdExtension.ysyncd_url = 'ws://127.0.0.1:{port}'\n"
-        f"c.YsyncdExtension.secret_file = {str(secret_file)!r}\n" + VIEWER_CONFIG
+        f"c.YsyncdExtension.secret_file = {str(secret_file)!r}\n"
+        f"c.YsyncdExtension.recheck_seconds = {RECHECK_S}\n"
+        + viewer_config(VIEWER_TOKEN, guest=(GUEST_TOKEN, guest_file))
     )
     jupyter = SamePortJupyter(
         workdir / "jupyter",
@@ -133,7 +145,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     ysyncd.port = port
     try:
         await ysyncd.start()
-        yield Stack(jupyter, ysyncd, secret)
+        yield Stack(jupyter, ysyncd, secret, guest_file)
     finally:
         await ysyncd.close()
         await jupyter.stop()
@@ -408,6 +420,51 @@ async def test_a_user_who_may_only_read_is_read_only_through_the_proxy(
     ) as fresh:
         assert "viewer's edit" not in json.dumps(cells_of(fresh))
         assert str(source_of(fresh, 1)).endswith(" (the writer's edit)")
+
+
+async def test_open_sockets_lose_what_their_user_loses(stack: Stack) -> None:
+    """The extension checks open sockets again every RECHECK_S: a guest who
+    may no longer write is closed with 4403 (and comes back read-only), then
+    closed again once they may not even read. Users who keep their access,
+    by token or by login cookie, stay connected all along."""
+    jupyter = stack.jupyter
+    shared = await share(jupyter, "rechecked.ipynb")
+    path = room(shared.room_id, shared.session)
+    as_guest = {"Authorization": f"token {GUEST_TOKEN}"}
+    stack.let_guest("read", "write")
+    async with (
+        JupyterClient.connect(
+            stack.url, path, additional_headers={"Cookie": await jupyter.login_cookie()}
+        ) as by_cookie,
+        JupyterClient.connect(
+            stack.url, room(shared.room_id, shared.session, jupyter.token)
+        ) as by_token,
+    ):
+        async with JupyterClient.connect(
+            stack.url, path, additional_headers=as_guest
+        ) as guest:
+            append(source_of(guest, 0), " (the guest, writing)")
+            await by_token.wait(
+                lambda: "the guest, writing" in str(source_of(by_token, 0)),
+                "the guest's edit",
+            )
+            stack.let_guest("read")
+            assert await guest.wait_closed() == 4403
+        async with JupyterClient.connect(
+            stack.url, path, additional_headers=as_guest
+        ) as guest:
+            append(source_of(guest, 0), " (the guest, read-only)")
+            stack.let_guest()
+            assert await guest.wait_closed() == 4403
+        assert await refusal(f"{stack.url}/{path}", additional_headers=as_guest) == 403
+        # Rechecked several times meanwhile, and still there.
+        assert by_cookie.close_code is None and by_token.close_code is None
+        append(source_of(by_cookie, 0), " (by cookie)")
+        await by_token.wait(
+            lambda: str(source_of(by_token, 0)).endswith(" (by cookie)"),
+            "the cookie user's edit",
+        )
+        assert "read-only" not in str(source_of(by_token, 0))
 
 
 async def test_the_room_socket_needs_the_jupyter_servers_credentials(

@@ -34,7 +34,7 @@ from websockets.exceptions import InvalidStatus
 from tests.hub import SERVICE_SCOPES, Hub
 from tests.jupyterclient import JupyterClient, append, room_path, source_of
 from tests.subprocs import free_port, launch_code
-from tests.timing import scaled
+from tests.timing import scaled, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -59,6 +59,9 @@ class ExampleHub(Hub):
     """The example's hub: real proxy, ysyncd service and single-user servers."""
 
     name = "the example's jupyterhub"
+    # Python's and Node's words for a port someone took first (the hub's, the
+    # proxy's or ysyncd's): start again on new ports.
+    port_taken = "ddress already in use"
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -187,13 +190,26 @@ async def test_bob_sees_alices_notebook_only_after_she_shares_it(
 ) -> None:
     """alice edits a notebook on her server, which keeps it in ysyncd; bob is
     refused until alice shares her server, then sees her unsaved edit, adds
-    his own, and his save writes both into alice's file."""
+    his own, and his save writes both into alice's file. When alice withdraws
+    the share, bob's open socket is closed (4403) and he is refused again."""
     for user in ("alice", "bob"):
         await hub.create_user(user)
     alice = Browser(hub, (await hub.new_token("alice"))[0], "alice")
     bob = Browser(hub, (await hub.new_token("bob"))[0], "bob")
     bob_at_alice = Browser(hub, bob.token, "alice")
     await hub.start_server("alice", timeout=120)
+
+    def saved_sources() -> list[str] | None:
+        """The cells' sources in alice's file; None while it is being written
+        (jupyter_server writes in place, after a backup copy)."""
+        saved = hub.data / "home" / "alice" / "plan.ipynb"
+        try:
+            on_disk = nbformat.reads(saved.read_text(), as_version=4)
+        except nbformat.reader.NotJSONError:
+            return None
+        nbformat.validate(on_disk)
+        return [cell.source for cell in on_disk.cells]
+
     try:
         notebook = nbformat.v4.new_notebook()
         notebook.cells.append(nbformat.v4.new_markdown_cell("# Plan", id="plan"))
@@ -252,11 +268,30 @@ async def test_bob_sees_alices_notebook_only_after_she_shares_it(
                     "bob's edit at alice's",
                 )
                 assert await at_bob.save(1) == "success"
+                await wait_until(
+                    lambda: saved_sources() == ["# Plan by alice and bob"],
+                    "bob's save",
+                )
 
-        saved = hub.data / "home" / "alice" / "plan.ipynb"
-        on_disk = nbformat.reads(saved.read_text(), as_version=4)
-        nbformat.validate(on_disk)
-        assert [c.source for c in on_disk.cells] == ["# Plan by alice and bob"]
+                # alice withdraws the share: bob's open socket is closed.
+                await hub.request(
+                    "PATCH",
+                    "/shares/alice/",
+                    token=alice.token,
+                    json={"user": "bob"},
+                    expect=200,
+                )
+                await at_bob.wait_closed(timeout=15)
+                assert at_bob.close_code == 4403, at_bob.close_code
+            assert (await bob_at_alice.session("plan.ipynb")).status_code == 403
+            # alice goes on editing, alone, and ysyncd autosaves it.
+            append(source_of(at_alice, 0), "!")
+            await at_alice.wait_confirmed()
+            await wait_until(
+                lambda: saved_sources() == ["# Plan by alice and bob!"],
+                "the autosave of alice's edit",
+            )
+            assert at_alice.close_code is None
     finally:
         await hub.stop_server("alice")
         await alice.http.aclose()

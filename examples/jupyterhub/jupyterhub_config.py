@@ -34,7 +34,8 @@ Every value a deployment changes comes from the environment:
   loopback ports of the Hub's API, the proxy's API and ysyncd (8081, 8001,
   1234);
 - ``EXAMPLE_AUTH_CACHE_SECONDS``: how long a single-user server trusts the
-  Hub's word about a token (30), so how long a share takes to open a server;
+  Hub's word about a token, and how often open room sockets are checked
+  again (30): so how soon a share opens a server and an unshare closes it;
 - ``EXAMPLE_GLUE_SECRET_FILE``: the secret ysyncd and the single-user
   servers share (made in the data directory if absent);
 - ``EXAMPLE_YSYNCD_URL`` and ``EXAMPLE_YSYNCD_TOKEN``: set both when ysyncd
@@ -136,6 +137,12 @@ c.Spawner.environment = {
     "YSYNCD_URL": YSYNCD_URL,
     "YSYNCD_GLUE_SECRET_FILE": str(SECRET_FILE),
 }
-c.Spawner.args = [f"--HubOAuth.cache_max_age={AUTH_CACHE_SECONDS}"]
+c.Spawner.args = [
+    # How soon a single-user server hears of a share or an unshare ...
+    f"--HubOAuth.cache_max_age={AUTH_CACHE_SECONDS}",
+    # ... and how often open room sockets are checked again: once a share is
+    # withdrawn, its user's sockets close (4403) within about twice this.
+    f"--YsyncdExtension.recheck_seconds={AUTH_CACHE_SECONDS}",
+]
 if os.getuid() == 0:  # a try-out in a container runs everything as root
     c.Spawner.args.append("--allow-root")

@@ -19,7 +19,10 @@ keeps no document state itself. Two endpoints, under the server's base URL:
   permission (``X-Ysyncd-Write``). Frames go both ways unchanged, and so do
   close codes and reasons (4404 for a file that is gone, 1003 to reload...).
   If ysyncd refuses or cannot be reached, the upgrade fails with an HTTP
-  error (the browser then retries, as for any dropped socket).
+  error (the browser then retries, as for any dropped socket). Every
+  ``recheck_seconds`` the socket's credentials are checked again (see
+  access.py): a user who may no longer read, or no longer write when they
+  could, is closed with **4403**.
 
 ysyncd resolves file ids itself (``--jupyter-url``, this server's
 ``api/fileid/path``) and polls the files of its rooms. The extension listens
@@ -32,6 +35,8 @@ Configuration (``c.YsyncdExtension.*``; the environment gives defaults):
 - ``ysyncd_url`` (``$YSYNCD_URL``, ``ws://127.0.0.1:1234``);
 - ``secret_file`` (``$YSYNCD_GLUE_SECRET_FILE``) or ``secret``: the same
   secret as ysyncd's ``--glue-secret-file``, 32 bytes or more;
+- ``recheck_seconds`` (30): how often open room sockets' access is checked
+  again; 0 checks at connection only;
 - ``namespace``: the ``user/{owner}[/{server}]`` part of ysyncd's room paths,
   naming this Jupyter server (file ids are unique per server only); under
   JupyterHub it comes from ``$JUPYTERHUB_USER`` and
@@ -44,6 +49,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -64,6 +70,8 @@ from tornado.websocket import (
 )
 from traitlets import Float, Int, TraitError, Unicode, default, validate
 
+from ysyncd.jupyter.access import AccessCheck, credentials_of
+
 __all__ = ["Glue", "RoomHandler", "SessionHandler", "YsyncdExtension"]
 
 log = logging.getLogger("ysyncd.jupyter.extension")
@@ -73,6 +81,8 @@ MiB = 1024 * 1024
 _SENDABLE = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
 #: Close code and reason when ysyncd's socket ends without a close frame.
 LOST = (1011, "ysyncd connection lost")
+#: Closes a room socket whose user lost access (as ysyncd's own re-checks do).
+WITHDRAWN = 4403
 #: ysyncd's HTTP refusals that say something about the request, passed on;
 #: any other (401: a wrong secret) is this server's problem: 502.
 _RELAYED_STATUSES = frozenset({400, 403, 404, 503})
@@ -299,10 +309,13 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     auth_resource = "contents"
 
-    def initialize(self, glue: Glue) -> None:
+    def initialize(self, glue: Glue, access: AccessCheck, recheck: float) -> None:
         self.glue = glue
+        self.access_check = access
+        self.recheck_seconds = recheck
         self.upstream: WebSocketClientConnection | None = None
-        self._downstream: asyncio.Task[None] | None = None
+        self._write = False
+        self._tasks: list[asyncio.Task[None]] = []
 
     def set_default_headers(self) -> None:
         """No JupyterHandler headers (CSP...) on an upgrade, as for kernels."""
@@ -320,9 +333,9 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             return
         if not room or "/" in room:  # (%2F) ysyncd would see another room
             raise web.HTTPError(400, reason="Not a room id")
-        write = await _allowed(self, "write")
+        self._write = await _allowed(self, "write")
         self.upstream = await self.glue.connect(
-            room, self.request.query, self.current_user.username, write
+            room, self.request.query, self.current_user.username, self._write
         )
         try:
             # Returns once the browser's socket is closed, or was never opened.
@@ -332,8 +345,14 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def open(self, room: str) -> None:
         super().open()  # WebSocketMixin: keepalive pings to the browser
-        self._downstream = asyncio.create_task(self._pipe_downstream())
-        self._downstream.add_done_callback(_log_failure)
+        self._start(self._pipe_downstream())
+        if self.recheck_seconds > 0:
+            self._start(self._recheck_access())
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        task.add_done_callback(_log_failure)
+        self._tasks.append(task)
 
     async def on_message(self, message: str | bytes) -> None:
         """Browser → ysyncd. Tornado reads the next frame once this is sent."""
@@ -360,6 +379,25 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self._check_session(reason)
         self.close(*relayable(code, reason))
 
+    async def _recheck_access(self) -> None:
+        """Close the socket once its user may no longer do what they could."""
+        credentials = credentials_of(self.request)
+        user = self.current_user.username
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            now = await self.access_check.access(credentials)
+            if now is None:
+                continue  # the server did not say: keep the socket
+            if not now.read:
+                reason = "access withdrawn"
+            elif self._write and not now.write:
+                reason = "write access withdrawn"
+            else:
+                continue
+            log.info("closing %s's room socket: %s", user, reason)
+            self.close(WITHDRAWN, reason)
+            return
+
     def _check_session(self, reason: str) -> None:
         try:
             verdict = json.loads(reason)
@@ -369,8 +407,8 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self.glue.forget(self.get_query_argument("sessionId", ""))
 
     def _close_upstream(self) -> None:
-        if self._downstream is not None:
-            self._downstream.cancel()
+        for task in self._tasks:
+            task.cancel()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             # The browser's close code when it closed first.
@@ -408,6 +446,12 @@ class YsyncdExtension(ExtensionApp):
     ).tag(config=True)
     timeout = Float(
         10.0, help="Seconds to wait for ysyncd to answer a connection."
+    ).tag(config=True)
+    recheck_seconds = Float(
+        30.0,
+        help="Check an open room socket's access again this often (seconds): "
+        "a user who lost read access, or write access they had, is closed "
+        "with 4403. 0 checks at connection only.",
     ).tag(config=True)
     max_message_bytes = Int(
         32 * MiB,
@@ -507,9 +551,17 @@ class YsyncdExtension(ExtensionApp):
             )
         page_config = self.serverapp.web_app.settings.setdefault("page_config_data", {})
         page_config.setdefault("disableRTC", False)
+        serverapp = self.serverapp
+        room_options = {
+            "glue": self.glue,
+            "access": AccessCheck(
+                lambda: serverapp.connection_url, timeout=self.timeout
+            ),
+            "recheck": self.recheck_seconds,
+        }
         self.handlers.extend(
             [
-                (r"/api/collaboration/room/(.*)", RoomHandler, {"glue": self.glue}),
+                (r"/api/collaboration/room/(.*)", RoomHandler, room_options),
                 (
                     r"/api/collaboration/session/(.*)",
                     SessionHandler,
