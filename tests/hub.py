@@ -171,6 +171,7 @@ class Hub(LoggedServer):
         token: str | None = None,
         json: Any = None,
         expect: int | tuple[int, ...] | None = None,
+        timeout: float = 10,
     ) -> httpx.Response:
         """Call ``{api_url}{path}`` with ``token`` (default: the service token)."""
         assert self._client is not None, "hub not started"
@@ -180,6 +181,7 @@ class Hub(LoggedServer):
             self.api_url + path,
             json=json,
             headers={"Authorization": f"token {auth}"},
+            timeout=scaled(timeout),
         )
         wanted = (expect,) if isinstance(expect, int) else expect
         if wanted is not None and resp.status_code not in wanted:
@@ -282,8 +284,10 @@ class Hub(LoggedServer):
             raise HubError(f"{owner}/{name} not ready:\n" + self.log()) from None
 
     async def stop_server(self, owner: str, name: str = "") -> None:
+        """Stop a server; the hub answers 202 after slow_stop_timeout (10 s)
+        if it has not stopped by then, so wait longer than that."""
         path = f"/users/{owner}/servers/{name}" if name else f"/users/{owner}/server"
-        await self.request("DELETE", path, expect=(202, 204))
+        await self.request("DELETE", path, expect=(202, 204), timeout=30)
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ Clients act as browsers do: they use only the proxy's public URL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -194,10 +195,21 @@ async def test_bob_sees_alices_notebook_only_after_she_shares_it(
     the share, bob's open socket is closed (4403) and he is refused again."""
     for user in ("alice", "bob"):
         await hub.create_user(user)
-    alice = Browser(hub, (await hub.new_token("alice"))[0], "alice")
-    bob = Browser(hub, (await hub.new_token("bob"))[0], "bob")
-    bob_at_alice = Browser(hub, bob.token, "alice")
-    await hub.start_server("alice", timeout=120)
+    async with contextlib.AsyncExitStack() as cleanup:
+        alice = Browser(hub, (await hub.new_token("alice"))[0], "alice")
+        bob = Browser(hub, (await hub.new_token("bob"))[0], "bob")
+        bob_at_alice = Browser(hub, bob.token, "alice")
+        for browser in (alice, bob, bob_at_alice):
+            cleanup.push_async_callback(browser.http.aclose)
+        await hub.start_server("alice", timeout=120)
+        cleanup.push_async_callback(hub.stop_server, "alice")
+        await _share_and_unshare(hub, alice, bob, bob_at_alice)
+
+
+async def _share_and_unshare(
+    hub: ExampleHub, alice: Browser, bob: Browser, bob_at_alice: Browser
+) -> None:
+    """The test above, once alice's server runs."""
 
     def saved_sources() -> list[str] | None:
         """The cells' sources in alice's file; None while it is being written
@@ -210,93 +222,87 @@ async def test_bob_sees_alices_notebook_only_after_she_shares_it(
         nbformat.validate(on_disk)
         return [cell.source for cell in on_disk.cells]
 
-    try:
-        notebook = nbformat.v4.new_notebook()
-        notebook.cells.append(nbformat.v4.new_markdown_cell("# Plan", id="plan"))
-        resp = await alice.http.put(
-            "api/contents/plan.ipynb", json={"type": "notebook", "content": notebook}
-        )
-        assert resp.status_code == 201, resp.text
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells.append(nbformat.v4.new_markdown_cell("# Plan", id="plan"))
+    resp = await alice.http.put(
+        "api/contents/plan.ipynb", json={"type": "notebook", "content": notebook}
+    )
+    assert resp.status_code == 201, resp.text
 
-        opened = await alice.session("plan.ipynb")
-        assert opened.status_code in (200, 201), opened.text
-        body = opened.json()
-        # The session id is ysyncd's store epoch: the rooms live in ysyncd.
-        epoch = await hub._client.get(  # type: ignore[union-attr]
-            f"http://127.0.0.1:{hub.ysyncd_port}/_ysyncd/epoch"
+    opened = await alice.session("plan.ipynb")
+    assert opened.status_code in (200, 201), opened.text
+    body = opened.json()
+    # The session id is ysyncd's store epoch: the rooms live in ysyncd.
+    epoch = await hub._client.get(  # type: ignore[union-attr]
+        f"http://127.0.0.1:{hub.ysyncd_port}/_ysyncd/epoch"
+    )
+    assert body["sessionId"] == epoch.json()["epoch"]
+
+    async with JupyterClient.connect(
+        alice.ws_url, alice.room(body), additional_headers=alice.headers
+    ) as at_alice:
+        assert str(source_of(at_alice, 0)) == "# Plan"
+        append(source_of(at_alice, 0), " by alice")
+        await at_alice.wait_confirmed()
+
+        # Not shared yet: bob may not open alice's files or her rooms.
+        assert (await bob_at_alice.session("plan.ipynb")).status_code == 403
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(
+                f"{bob.ws_url}/{alice.room(body)}",
+                additional_headers=bob.headers,
+                open_timeout=scaled(10),
+            ):
+                pass
+        assert refused.value.response.status_code == 403
+
+        await hub.request(
+            "POST",
+            "/shares/alice/",
+            token=alice.token,
+            json={"user": "bob"},
+            expect=200,
         )
-        assert body["sessionId"] == epoch.json()["epoch"]
+        await _wait_until_admitted(bob_at_alice, "plan.ipynb")
 
         async with JupyterClient.connect(
-            alice.ws_url, alice.room(body), additional_headers=alice.headers
-        ) as at_alice:
-            assert str(source_of(at_alice, 0)) == "# Plan"
-            append(source_of(at_alice, 0), " by alice")
-            await at_alice.wait_confirmed()
+            bob.ws_url, alice.room(body), additional_headers=bob.headers
+        ) as at_bob:
+            await at_bob.wait(
+                lambda: str(source_of(at_bob, 0)) == "# Plan by alice",
+                "alice's unsaved edit at bob's",
+            )
+            append(source_of(at_bob, 0), " and bob")
+            await at_bob.wait_confirmed()
+            await at_alice.wait(
+                lambda: str(source_of(at_alice, 0)) == "# Plan by alice and bob",
+                "bob's edit at alice's",
+            )
+            assert await at_bob.save(1) == "success"
+            await wait_until(
+                lambda: saved_sources() == ["# Plan by alice and bob"],
+                "bob's save",
+            )
 
-            # Not shared yet: bob may not open alice's files or her rooms.
-            assert (await bob_at_alice.session("plan.ipynb")).status_code == 403
-            with pytest.raises(InvalidStatus) as refused:
-                async with connect(
-                    f"{bob.ws_url}/{alice.room(body)}",
-                    additional_headers=bob.headers,
-                    open_timeout=scaled(10),
-                ):
-                    pass
-            assert refused.value.response.status_code == 403
-
+            # alice withdraws the share: bob's open socket is closed.
             await hub.request(
-                "POST",
+                "PATCH",
                 "/shares/alice/",
                 token=alice.token,
                 json={"user": "bob"},
                 expect=200,
             )
-            await _wait_until_admitted(bob_at_alice, "plan.ipynb")
-
-            async with JupyterClient.connect(
-                bob.ws_url, alice.room(body), additional_headers=bob.headers
-            ) as at_bob:
-                await at_bob.wait(
-                    lambda: str(source_of(at_bob, 0)) == "# Plan by alice",
-                    "alice's unsaved edit at bob's",
-                )
-                append(source_of(at_bob, 0), " and bob")
-                await at_bob.wait_confirmed()
-                await at_alice.wait(
-                    lambda: str(source_of(at_alice, 0)) == "# Plan by alice and bob",
-                    "bob's edit at alice's",
-                )
-                assert await at_bob.save(1) == "success"
-                await wait_until(
-                    lambda: saved_sources() == ["# Plan by alice and bob"],
-                    "bob's save",
-                )
-
-                # alice withdraws the share: bob's open socket is closed.
-                await hub.request(
-                    "PATCH",
-                    "/shares/alice/",
-                    token=alice.token,
-                    json={"user": "bob"},
-                    expect=200,
-                )
-                await at_bob.wait_closed(timeout=15)
-                assert at_bob.close_code == 4403, at_bob.close_code
-            assert (await bob_at_alice.session("plan.ipynb")).status_code == 403
-            # alice goes on editing, alone, and ysyncd autosaves it.
-            append(source_of(at_alice, 0), "!")
-            await at_alice.wait_confirmed()
-            await wait_until(
-                lambda: saved_sources() == ["# Plan by alice and bob!"],
-                "the autosave of alice's edit",
-            )
-            assert at_alice.close_code is None
-    finally:
-        await hub.stop_server("alice")
-        await alice.http.aclose()
-        await bob.http.aclose()
-        await bob_at_alice.http.aclose()
+            await at_bob.wait_closed(timeout=15)
+            assert at_bob.close_code == 4403, at_bob.close_code
+        assert (await bob_at_alice.session("plan.ipynb")).status_code == 403
+        # alice goes on editing, alone, and ysyncd autosaves it.
+        append(source_of(at_alice, 0), "!")
+        await at_alice.wait_confirmed()
+        await wait_until(
+            lambda: saved_sources() == ["# Plan by alice and bob!"],
+            "the autosave of alice's edit",
+        )
+        assert at_alice.close_code is None
 
 
 async def _wait_until_admitted(
