@@ -773,3 +773,45 @@ async def test_a_save_right_after_a_rename_follows_it(
         # The room is not taken for gone: it opens again.
         async with JupyterClient.connect(server.url, path) as again:
             assert state_of(again)["path"] == "renamed-before-save.ipynb"
+
+
+async def test_a_document_of_the_wrong_shape_fails_its_saves_not_the_server(
+    jupyter: JupyterServer, tmp_path: Path
+) -> None:
+    """A client may give the shared types any shape, e.g. a string nbformat,
+    which jupyter_ydoc cannot read back. Saves (asked for, or automatic) then
+    fail and the file keeps its last good content; the server and the room
+    go on, and once the shape is put right the next autosave writes."""
+    nb_file = await share(jupyter, "nb45.ipynb", "wrong-shape.ipynb")
+    original = nb_file.disk.read_bytes()
+    other = await share(jupyter, "nb45.ipynb", "bystander.ipynb")
+    args = ysyncd_args(jupyter, AUTOSAVE_S)
+    async with running_server(tmp_path / "ysyncd.db", *args) as server:
+        path = await ysyncd_path(server, nb_file.room_id)
+        async with JupyterClient.connect(server.url, path) as client:
+            meta = client.doc.get("meta", type=Map)
+            append(source_of(client, 0), " and a bad nbformat")
+            meta["nbformat"] = "four"
+            await client.wait_confirmed()
+            await wait_until(
+                lambda: any("not a valid notebook" in line for line in server.log),
+                "the autosave to fail",
+            )
+            assert await client.save(1) == "failed"
+            assert nb_file.disk.read_bytes() == original
+
+            # The server still serves this room and the others.
+            bystander = await ysyncd_path(server, other.room_id)
+            async with JupyterClient.connect(server.url, bystander) as fine:
+                assert state_of(fine)["path"] == "bystander.ipynb"
+
+            meta["nbformat"] = 4
+            notebook = YNotebook(ydoc=client.doc)
+            await client.wait_confirmed()
+            saved = await wait_for_file(
+                nb_file.disk,
+                lambda data: b"and a bad nbformat" in data,
+                "the autosave once the shape is right",
+            )
+            assert saved == notebook_bytes(notebook.get())
+            assert client.close_code is None

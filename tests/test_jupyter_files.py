@@ -10,6 +10,7 @@ only way a client gets a file id.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import os
@@ -23,13 +24,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio
+import nbformat
 import pytest
 import pytest_asyncio
-from pycrdt import Doc
+from jupyter_ydoc import YNotebook
+from pycrdt import Array, Doc
 
 from tests.jupyterproc import JupyterServer, collaborating_jupyter
 from tests.test_jupyter_documents import contents_manager
 from tests.timing import scaled
+from ysyncd.commits import Committer
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import (
     BadFile,
@@ -43,7 +48,10 @@ from ysyncd.jupyter.files import (
     StaticFileIds,
     UnsafePath,
 )
+from ysyncd.jupyter.rooms import FileBinding, Target
 from ysyncd.namespaces import Namespace
+from ysyncd.room import Room
+from ysyncd.store.memory import MemoryStore
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jupyter"
 NS = Namespace("alice")
@@ -586,3 +594,65 @@ async def test_server_urls_fill_the_template() -> None:
     ids = StaticFileIds({"abc": "a.ipynb"})
     assert await ids.resolve(NS, "abc") == "a.ipynb"
     assert await ids.resolve(NS, "other") is None
+
+
+# --- a room bound to its file, in process -----------------------------------------
+
+
+class PausedWrites(FsFiles):
+    """FsFiles whose writes wait at a gate, so a test can edit during one."""
+
+    def __init__(self, root: str, ids: StaticFileIds) -> None:
+        super().__init__(root, ids)
+        self.writing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def write(self, *args: Any, **kwargs: Any) -> FileState:
+        self.writing.set()
+        await self.go.wait()
+        return await super().write(*args, **kwargs)
+
+
+async def test_an_edit_made_during_a_save_is_not_taken_for_saved(
+    tmp_path: Path,
+) -> None:
+    """The file holds the doc as it was when the save began; an edit made
+    while it was written keeps the room dirty and the next save writes it
+    (it must not count as saved because the doc had it once the write ended)."""
+    shutil.copy(FIXTURES / "nb45.ipynb", tmp_path / "nb.ipynb")
+    files = PausedWrites(str(tmp_path), StaticFileIds({"nb-id": "nb.ipynb"}))
+    committer = Committer(MemoryStore())
+    target = Target(Namespace("alice"), "json", "notebook", "nb-id")
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        room = Room("a-room", Doc(), committer)
+        binding = FileBinding(
+            target,
+            files,
+            tg,
+            save_delay=600,
+            poll_interval=600,
+            autosave_wanted=lambda _room: True,
+        )
+        await binding.setup(room)
+        notebook = YNotebook(ydoc=room.doc)
+        source = room.doc.get("cells", type=Array)[0]["source"]
+        source += " first"
+        saving = asyncio.create_task(binding.save())
+        async with asyncio.timeout(scaled(10)):
+            await files.writing.wait()
+        source += " second"
+        files.go.set()
+        async with asyncio.timeout(scaled(10)):
+            assert await saving == "success"
+        on_disk = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+        assert on_disk.cells[0].source.endswith(" first")
+        assert notebook.ystate["dirty"] is True
+
+        async with asyncio.timeout(scaled(10)):
+            assert await binding.save() == "success"
+        on_disk = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+        assert on_disk.cells[0].source.endswith(" first second")
+        assert notebook.ystate["dirty"] is False
+        binding.stop()
+        committer.stop()

@@ -51,6 +51,7 @@ from jupyter_ydoc.ynotebook import YNotebook
 from pycrdt import Doc
 
 from ysyncd.errors import InvalidRoomName
+from ysyncd.jupyter.files import BadFile
 
 __all__ = [
     "FORMATS",
@@ -161,8 +162,16 @@ def content(document: YBaseDoc) -> Any:
     For a notebook this renames cells whose ids are duplicated with different
     content (with a UserWarning, as jupyter_ydoc does), which changes the doc:
     the caller's observer sees it like any server-side edit.
+
+    Raises:
+        BadFile: the shared types do not have the shape jupyter_ydoc expects
+            (any client can give them any shape: a string ``nbformat``, a
+            cell without ``cell_type``...).
     """
-    return document.get()
+    try:
+        return document.get()
+    except _SHAPE_ERRORS as exc:
+        raise _bad_shape(document, exc) from exc
 
 
 def set_content(document: YBaseDoc, new_content: Any) -> None:
@@ -172,8 +181,23 @@ def set_content(document: YBaseDoc, new_content: Any) -> None:
     (a cell without an id, as in every nbformat < 4.5 file, is replaced).
     Nothing happens when the content is already there. The caller captures
     the update (``doc.get_update(state_before)`` or an observer).
+
+    Raises:
+        BadFile: as :func:`content`, for a document of the wrong shape.
     """
-    document.set(new_content)
+    try:
+        document.set(new_content)
+    except _SHAPE_ERRORS as exc:
+        raise _bad_shape(document, exc) from exc
+
+
+#: What jupyter_ydoc raises on shared types of a shape it does not expect.
+_SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _bad_shape(document: YBaseDoc, exc: Exception) -> BadFile:
+    kind = type(document).__name__.removeprefix("Y").lower()
+    return BadFile(f"the document is not a valid {kind}: {exc!r}")
 
 
 def normalize(file_type: str, file_content: Any) -> Any:

@@ -35,7 +35,7 @@ from pycrdt import Doc
 
 from ysyncd.errors import YsyncdError
 from ysyncd.jupyter import documents
-from ysyncd.jupyter.files import FileGone, Files, FileState
+from ysyncd.jupyter.files import BadFile, FileGone, Files, FileState
 from ysyncd.namespaces import Namespace
 from ysyncd.room import Room
 
@@ -107,7 +107,7 @@ class FileBinding:
         unsaved = False
         if room.doc.get_state() == b"\x00":
             room.apply(documents.deterministic_update(t.file_type, loaded.content))
-        elif documents.content(self._model) != self._normal(loaded.content):
+        elif self._content_or_none() != self._normal(loaded.content):
             if self._model.ystate.get("hash") == loaded.state.hash:
                 # The file is as this room last loaded or saved it: the room
                 # is ahead, with edits ysyncd stopped before saving. Keep them.
@@ -117,15 +117,25 @@ class FileBinding:
                 log.info("%s changed while its room was away; merging", path)
                 self._edit(lambda: documents.set_content(self._model, loaded.content))
         self._remember(loaded.state)
-        if unsaved:
-            # What the file holds is not the room's content: save it soon.
-            self._saved = documents.content_digest(self._normal(loaded.content))
         self._set_state(path=path, dirty=unsaved, hash=loaded.state.hash)
+        if unsaved:
+            # Save them now: outside edits are merged from the last saved
+            # version, which must then be the room's, not an older file.
+            self._saved = documents.content_digest(self._normal(loaded.content))
+            if await self._save_locked() != "success":
+                log.warning("%s: the room's unsaved edits could not be saved", path)
         room.document = self
         self._subscription = room.doc.observe(self._on_change)
-        if unsaved:
-            self._wake.set()
         self._tg.start_soon(self._run)
+
+    def _content_or_none(self) -> Any:
+        try:
+            return documents.content(self._model)
+        except BadFile as exc:
+            # A client left the shared types in a shape jupyter_ydoc cannot
+            # read; the file's content, merged in, puts it right.
+            log.warning("%s: %s", self.path, exc)
+            return None
 
     def rebind(self, doc: Doc[Any]) -> None:
         # A rebuild swapped the room's doc: model and observer follow it (the
@@ -144,7 +154,10 @@ class FileBinding:
         self._poked.set()
 
     async def save_if_changed(self) -> None:
-        await self.save()
+        # Before eviction: after a save under way (not "skipped" for it, as a
+        # client's request is), so the last edits are written.
+        if self._room is not None and not self.gone:
+            await self._save_locked()
 
     # -- saving -------------------------------------------------------------------
 
@@ -162,13 +175,20 @@ class FileBinding:
 
     async def _save_locked(self) -> SaveStatus:
         async with self._lock:  # after any load, poll or merge under way
+            room = self._room
+            assert room is not None
             try:
                 # Follow a rename first: writing to the old path would bring
                 # a moved file back (or take the room for gone).
                 await self._check_file()
                 content = documents.content(self._model)
-                if documents.content_digest(content) == self._saved:
+                digest = documents.content_digest(content)
+                if digest == self._saved:
                     return "success"
+                # The doc as written: edits that come during the write are
+                # not in the file, so they must not count as saved.
+                written = room.doc.get_state()
+                base = room.doc.get_update()
                 t = self.target
                 state = await self.files.write(
                     t.namespace, self.path, t.file_format, t.file_type, content
@@ -179,10 +199,13 @@ class FileBinding:
             except YsyncdError as exc:
                 log.error("saving %s failed: %s", self.path, exc)
                 return "failed"
-            self._remember(state)
+            self._saved, self._file, self._base = digest, state, base
+            edited = room.doc.get_state() != written
             # Set even when False already: JupyterLab clears the dirty mark
             # of its (locally dirty) model only on a change event for it.
-            self._set_state(dirty=False, hash=state.hash, force=("dirty",))
+            self._set_state(dirty=edited, hash=state.hash, force=("dirty",))
+            if edited:
+                self._wake.set()  # autosave what came meanwhile
             log.debug("saved %s", self.path)
             return "success"
 
@@ -191,9 +214,16 @@ class FileBinding:
 
     async def _run(self) -> None:
         with self._scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._autosave)
-                tg.start_soon(self._poll)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._autosave)
+                    tg.start_soon(self._poll)
+            except Exception:
+                # Runs in the server's task group: a bug here must cost this
+                # room its file binding, not every room its server.
+                log.exception(
+                    "%s: following the file failed; autosave stops", self.path
+                )
 
     async def _autosave(self) -> None:
         while True:
@@ -284,7 +314,7 @@ class FileBinding:
         return documents.normalize(self.target.file_type, file_content)
 
     def _remember(self, state: FileState) -> None:
-        """The room's content is now the file's (just loaded or saved)."""
+        """The room's content is now the file's (just loaded)."""
         assert self._room is not None
         self._saved = documents.content_digest(documents.content(self._model))
         self._file = state
