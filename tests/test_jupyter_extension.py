@@ -210,13 +210,25 @@ async def epoch_of(ysyncd: ServerProcess) -> str:
     return str(resp.json()["epoch"])
 
 
-async def ysyncd_connections(ysyncd: ServerProcess) -> int:
+async def ysyncd_metric(ysyncd: ServerProcess, name: str) -> int | None:
+    """A gauge or counter (``ysyncd_{name}``) of ysyncd's /metrics, if shown."""
     async with httpx.AsyncClient(trust_env=False, timeout=scaled(10)) as http:
         resp = await http.get(ysyncd.http_url + "/metrics")
     for line in resp.text.splitlines():
-        if line.startswith("ysyncd_connections "):
+        if line.startswith(f"ysyncd_{name} "):
             return int(float(line.split()[1]))
-    raise AssertionError("no ysyncd_connections gauge in /metrics")
+    return None
+
+
+async def ysyncd_connections(ysyncd: ServerProcess) -> int:
+    value = await ysyncd_metric(ysyncd, "connections")
+    assert value is not None, "no ysyncd_connections gauge in /metrics"
+    return value
+
+
+async def ysyncd_counter(ysyncd: ServerProcess, name: str) -> int:
+    """A counter: shown once it is not 0."""
+    return await ysyncd_metric(ysyncd, f"{name}_total") or 0
 
 
 async def wait_connections(ysyncd: ServerProcess, wanted: int, what: str) -> None:
@@ -486,6 +498,14 @@ async def test_the_room_socket_needs_the_jupyter_servers_credentials(
     )
 
     cookie = {"Cookie": await stack.jupyter.login_cookie()}
+    # A page of another site, with the user's cookie: refused before ysyncd
+    # is asked for anything.
+    opened = await ysyncd_counter(stack.ysyncd, "connections")
+    cross_site = {**cookie, "Origin": "http://elsewhere.example"}
+    url = f"{stack.url}/{room(shared.room_id, shared.session)}"
+    assert await refusal(url, additional_headers=cross_site) == 403
+    assert await ysyncd_counter(stack.ysyncd, "connections") == opened
+
     awareness = room("JupyterLab:globalAwareness")
     async with (
         JupyterClient.connect(stack.url, awareness, additional_headers=cookie) as one,

@@ -81,7 +81,8 @@ class AccessCheck:
         )
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except (OSError, HTTPClientError) as exc:
+        except (OSError, HTTPClientError, ValueError) as exc:
+            # ValueError: a URL tornado cannot fetch (a server on a Unix socket).
             log.warning("re-checking a room socket's access failed: %s", exc)
             return None
         if response.code in _REFUSED:

@@ -333,6 +333,12 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             return
         if not room or "/" in room:  # (%2F) ysyncd would see another room
             raise web.HTTPError(400, reason="Not a room id")
+        # Tornado checks the origin in super().get(): too late, ysyncd would
+        # have loaded the room for a cross-site page by then.
+        headers = self.request.headers
+        origin = headers.get("Origin") or headers.get("Sec-Websocket-Origin")
+        if origin is not None and not self.check_origin(origin):
+            raise web.HTTPError(403, reason="Cross origin websockets not allowed")
         self._write = await _allowed(self, "write")
         self.upstream = await self.glue.connect(
             room, self.request.query, self.current_user.username, self._write
@@ -395,6 +401,11 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             else:
                 continue
             log.info("closing %s's room socket: %s", user, reason)
+            # Nothing more goes to ysyncd, not even frames the browser sends
+            # before it answers the close.
+            upstream, self.upstream = self.upstream, None
+            if upstream is not None:
+                upstream.close(WITHDRAWN, reason)
             self.close(WITHDRAWN, reason)
             return
 
