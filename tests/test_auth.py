@@ -32,6 +32,7 @@ from tests.jsclient import JsClient, require_node
 from tests.serverproc import ServerProcess, running_server
 from tests.timing import scaled, wait_until
 from tests.yclient import YClient, stored_content
+from ysyncd.auth.glue import namespace_secret
 
 EMPTY: dict[str, Any] = {"text": "", "map": {}, "array": []}
 
@@ -377,3 +378,34 @@ async def test_glue_secret_admits_the_extension_with_its_write_flag(
         wrong = {"Authorization": "Bearer " + "x" * 64, "X-Ysyncd-Write": "1"}
         assert await refusal(f"{url}/glued", additional_headers=wrong) == 401
         assert await refusal(f"{url}/glued") == 401
+
+
+async def test_namespace_glue_secrets_open_their_own_server_only(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A secret derived for alice's default server opens its rooms, and not
+    those of her other servers, of bob's, or rooms outside any namespace."""
+    master = os.urandom(32).hex()
+    (tmp_path / "glue").write_text(master + "\n")
+    args = ("--auth", "glue", "--glue-secret-file", str(tmp_path / "glue"))
+    alices = namespace_secret(master, "alice")
+    as_alice = {"Authorization": f"Bearer {alices}", "X-Ysyncd-Write": "1"}
+    async with running_server(db_path, *args) as server:
+        url = server.url
+        room = "api/collaboration/room/JupyterLab:globalAwareness"
+        async with (
+            YClient.connect(url, f"user/alice/{room}", additional_headers=as_alice),
+            YClient.connect(
+                url, f"prefix/user/alice/{room}", additional_headers=as_alice
+            ),
+        ):
+            pass
+        for elsewhere in (f"user/bob/{room}", f"user/alice/srv2/{room}", "glued"):
+            status = await refusal(f"{url}/{elsewhere}", additional_headers=as_alice)
+            assert status == 401, elsewhere
+        srv2 = namespace_secret(master, "alice", "srv2")
+        as_srv2 = {"Authorization": f"Bearer {srv2}"}
+        async with YClient.connect(
+            url, f"user/alice/srv2/{room}", additional_headers=as_srv2
+        ):
+            pass

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import yaml
 
+from ysyncd.auth.glue import namespace_secret
 from ysyncd.config import describe, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +47,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 #: What the ysyncd.jupyter extension reads from the environment.
-EXTENSION_ENV = {"YSYNCD_URL", "YSYNCD_GLUE_SECRET_FILE"}
+EXTENSION_ENV = {"YSYNCD_URL", "YSYNCD_GLUE_SECRET_FILE", "YSYNCD_GLUE_SECRET"}
 REFERENCE_FILES = [
     "examples/jupyterhub/compose.yaml",
     "examples/jupyterhub/kubernetes-sidecar.yaml",
@@ -63,3 +66,22 @@ def test_reference_deployments_parse_and_name_real_settings() -> None:
         named |= set(re.findall(r"\bYSYNCD_[A-Z_]+\b", text))
     assert named, "no settings found: the pattern is wrong"
     assert named - {"YSYNCD_HUB_TOKEN"} <= known  # that one is compose's own
+
+
+def test_the_kubernetes_snippet_derives_the_same_glue_secrets(tmp_path: Path) -> None:
+    """Its Hub config inlines ysyncd.auth.glue.namespace_secret (the Hub
+    image has no ysyncd): both give the same secret for a server."""
+    values = yaml.safe_load(
+        (ROOT / "examples/jupyterhub/kubernetes-sidecar.yaml").read_text()
+    )
+    code = values["hub"]["extraConfig"]["ysyncd"]
+    master = tmp_path / "glue.secret"
+    master.write_text("m" * 64 + "\n")
+    code = code.replace("/etc/ysyncd/glue.secret", str(master))
+    environment: dict[str, Any] = {}
+    config = SimpleNamespace(KubeSpawner=SimpleNamespace(environment=environment))
+    exec(code, {"c": config})
+    derive = environment["YSYNCD_GLUE_SECRET"]
+    for owner, server in [("alice", ""), ("bob", "gpu")]:
+        spawner = SimpleNamespace(user=SimpleNamespace(name=owner), name=server)
+        assert derive(spawner) == namespace_secret("m" * 64, owner, server)

@@ -36,6 +36,7 @@ from tests.hub import SERVICE_SCOPES, Hub
 from tests.jupyterclient import JupyterClient, append, room_path, source_of
 from tests.subprocs import free_port, launch_code
 from tests.timing import scaled, wait_until
+from ysyncd.auth.glue import namespace_secret
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -204,6 +205,23 @@ async def test_bob_sees_alices_notebook_only_after_she_shares_it(
         await hub.start_server("alice", timeout=120)
         cleanup.push_async_callback(hub.stop_server, "alice")
         await _share_and_unshare(hub, alice, bob, bob_at_alice)
+
+
+async def test_a_servers_glue_secret_opens_its_own_rooms_only(
+    hub: ExampleHub,
+) -> None:
+    """Each single-user server gets a secret derived for its namespace: code
+    alice runs in her server can read it, and it opens none of bob's rooms."""
+    master = (hub.data / "ysyncd-glue.secret").read_bytes()
+    alices = {"Authorization": f"Bearer {namespace_secret(master, 'alice')}"}
+    ysyncd = f"ws://127.0.0.1:{hub.ysyncd_port}"
+    room = "api/collaboration/room/JupyterLab:globalAwareness"
+    async with connect(f"{ysyncd}/user/alice/{room}", additional_headers=alices):
+        pass
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{ysyncd}/user/bob/{room}", additional_headers=alices):
+            pass
+    assert refused.value.response.status_code == 401
 
 
 async def _share_and_unshare(

@@ -14,14 +14,17 @@ http://127.0.0.1:8000 as anyone (any password: DummyAuthenticator).
 - **Single-user servers run the ysyncd.jupyter extension**, enabled by the
   ``jupyter_server_config.d/ysyncd.json`` that ``ysyncd[jupyter]`` installs.
   The browser talks to its own server only; the extension checks the user's
-  permissions and pipes the room sockets to ysyncd with the glue secret.
+  permissions and pipes the room sockets to ysyncd with its server's own
+  glue secret, derived from the master secret that only the Hub and ysyncd
+  read.
 - **Users may share their servers** (``shares!user``): once alice shares hers
   with bob, bob opens her notebooks and edits them with her, live.
 
 This is a try-out on one machine: everyone runs as the Hub's Unix user, with
 homes under the data directory. For production, swap the authenticator and
-the spawner, keep ysyncd on a private network, and keep the secret file
-readable by ysyncd and the single-user servers only (``compose.yaml`` and
+the spawner (here every user could read the master secret, as they could
+read each other's files), keep ysyncd on a private network, and keep the
+master secret readable by the Hub and ysyncd only (``compose.yaml`` and
 ``kubernetes-sidecar.yaml`` show how it is laid out in containers).
 
 Every value a deployment changes comes from the environment:
@@ -36,8 +39,9 @@ Every value a deployment changes comes from the environment:
 - ``EXAMPLE_AUTH_CACHE_SECONDS``: how long a single-user server trusts the
   Hub's word about a token, and how often open room sockets are checked
   again (30): so how soon a share opens a server and an unshare closes it;
-- ``EXAMPLE_GLUE_SECRET_FILE``: the secret ysyncd and the single-user
-  servers share (made in the data directory if absent);
+- ``EXAMPLE_GLUE_SECRET_FILE``: the master secret of ysyncd, from which
+  each single-user server's own is derived (made in the data directory if
+  absent);
 - ``EXAMPLE_YSYNCD_URL`` and ``EXAMPLE_YSYNCD_TOKEN``: set both when ysyncd
   runs elsewhere (its own container, a sidecar): the Hub then only registers
   it, with that API token, and single-user servers dial that URL.
@@ -47,7 +51,10 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from ysyncd.auth.glue import namespace_secret
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
@@ -131,12 +138,16 @@ c.JupyterHub.load_roles = [
 
 # --- single-user servers, with the ysyncd.jupyter extension ---------------------------
 
+
+def glue_secret(spawner: Any) -> str:
+    """This server's own glue secret: it opens this server's rooms only, so
+    code a user runs in their server cannot reach anyone else's rooms."""
+    return namespace_secret(SECRET_FILE.read_bytes(), spawner.user.name, spawner.name)
+
+
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab"
-c.Spawner.environment = {
-    "YSYNCD_URL": YSYNCD_URL,
-    "YSYNCD_GLUE_SECRET_FILE": str(SECRET_FILE),
-}
+c.Spawner.environment = {"YSYNCD_URL": YSYNCD_URL, "YSYNCD_GLUE_SECRET": glue_secret}
 c.Spawner.args = [
     # How soon a single-user server hears of a share or an unshare ...
     f"--HubOAuth.cache_max_age={AUTH_CACHE_SECONDS}",

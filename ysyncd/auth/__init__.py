@@ -44,7 +44,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
             public_key_file=settings.jwt_public_key_file,
         )
     if kind == "glue":
-        return GlueAuth(settings.glue_secret_file)
+        return GlueAuth(settings.glue_secret_file, pattern)
     if kind == "jupyterhub":
         return HubAuth(settings.hub_api_url, pattern, settings.auth_cache_seconds)
     if kind == "delegate":

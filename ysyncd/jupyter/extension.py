@@ -33,8 +33,10 @@ outside JupyterLab shows up in the room without waiting for the next poll.
 Configuration (``c.YsyncdExtension.*``; the environment gives defaults):
 
 - ``ysyncd_url`` (``$YSYNCD_URL``, ``ws://127.0.0.1:1234``);
-- ``secret_file`` (``$YSYNCD_GLUE_SECRET_FILE``) or ``secret``: the same
-  secret as ysyncd's ``--glue-secret-file``, 32 bytes or more;
+- ``secret_file`` (``$YSYNCD_GLUE_SECRET_FILE``) or ``secret``
+  (``$YSYNCD_GLUE_SECRET``): the secret of ysyncd's ``--glue-secret-file``,
+  or the namespace secret derived from it for this server alone (see
+  ``ysyncd.auth.glue``);
 - ``recheck_seconds`` (30): how often open room sockets' access is checked
   again; 0 checks at connection only;
 - ``namespace``: the ``user/{owner}[/{server}]`` part of ysyncd's room paths,
@@ -447,9 +449,11 @@ class YsyncdExtension(ExtensionApp):
         help="File holding ysyncd's --glue-secret-file secret; "
         "$YSYNCD_GLUE_SECRET_FILE by default.",
     ).tag(config=True)
-    secret = Unicode("", help="The secret itself, when there is no secret_file.").tag(
-        config=True
-    )
+    secret = Unicode(
+        help="The secret itself, when there is no secret_file: the master "
+        "secret or this server's namespace secret (ysyncd.auth.glue."
+        "namespace_secret); $YSYNCD_GLUE_SECRET by default.",
+    ).tag(config=True)
     namespace = Unicode(
         help="The user/{owner}[/{server}] path prefix naming this Jupyter "
         "server in ysyncd; from $JUPYTERHUB_USER and $JUPYTERHUB_SERVER_NAME "
@@ -477,6 +481,10 @@ class YsyncdExtension(ExtensionApp):
     @default("secret_file")
     def _default_secret_file(self) -> str:
         return os.environ.get("YSYNCD_GLUE_SECRET_FILE", "")
+
+    @default("secret")
+    def _default_secret(self) -> str:
+        return os.environ.get("YSYNCD_GLUE_SECRET", "")
 
     @default("namespace")
     def _default_namespace(self) -> str:
@@ -520,7 +528,8 @@ class YsyncdExtension(ExtensionApp):
         if not secret:
             raise ValueError(
                 "ysyncd.jupyter needs ysyncd's glue secret: set "
-                "c.YsyncdExtension.secret_file or $YSYNCD_GLUE_SECRET_FILE"
+                "c.YsyncdExtension.secret_file, $YSYNCD_GLUE_SECRET_FILE or "
+                "$YSYNCD_GLUE_SECRET"
             )
         if len(secret.encode()) < 32:
             raise ValueError("the ysyncd glue secret must be at least 32 bytes")
