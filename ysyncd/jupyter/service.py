@@ -136,7 +136,13 @@ class JupyterRooms:
         elif binding is None:
             status = "skipped"
         else:
-            status = await binding.save()
+            try:
+                status = await binding.save()
+            except Exception:
+                # Runs in the server's task group: a bug in one room's save
+                # must fail that save, not stop the server.
+                log.exception("room %r: the save failed", room.key)
+                status = "failed"
         reply = {"type": "save", "responseTo": save_id, "status": status}
         peer.send(encode_raw(json.dumps(reply)))
 
