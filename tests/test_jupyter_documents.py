@@ -36,7 +36,7 @@ from traitlets.config import Config
 from ysyncd.errors import InvalidRoomName
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.documents import DocumentType
-from ysyncd.jupyter.files import FsFiles, StaticFileIds
+from ysyncd.jupyter.files import BadFile, FsFiles, StaticFileIds
 from ysyncd.namespaces import Namespace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jupyter"
@@ -401,3 +401,55 @@ async def test_normalize_and_digests_tell_content_changes(root: Path) -> None:
     assert documents.content_digest({"b": b"\x00"}) != documents.content_digest(
         {"b": b"\x01"}
     )
+
+
+# --- documents of the wrong shape ---------------------------------------------------
+
+
+def _poison_version(doc: Doc) -> None:
+    doc.get("meta", type=Map)["nbformat"] = "four"
+
+
+def _poison_minor(doc: Doc) -> None:
+    doc.get("meta", type=Map)["nbformat_minor"] = Map({"not": "a number"})
+
+
+def _cell_without_type(doc: Doc) -> None:
+    doc.get("cells", type=Array).insert(0, Map({"attachments": {}, "source": "x"}))
+
+
+def _cell_of_text(doc: Doc) -> None:
+    doc.get("cells", type=Array).append(Text("not a cell"))
+
+
+@pytest.mark.parametrize(
+    "poison", [_poison_version, _poison_minor, _cell_without_type, _cell_of_text]
+)
+def test_a_document_of_the_wrong_shape_is_refused_then_repaired(poison: Any) -> None:
+    """What a client can do to the shared types that jupyter_ydoc cannot read
+    back: content() says BadFile, and repair() edits only that away."""
+    notebook = YNotebook()
+    notebook.set(
+        {
+            "cells": [
+                {"cell_type": "markdown", "id": "kept", "metadata": {}, "source": "A"},
+                {
+                    "cell_type": "code",
+                    "id": "kept-too",
+                    "metadata": {},
+                    "source": "1",
+                    "outputs": [],
+                    "execution_count": None,
+                },
+            ],
+            "metadata": {},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+    before = notebook.get()
+    poison(notebook.ydoc)
+    with pytest.raises(BadFile, match="not a valid notebook"):
+        documents.content(notebook)
+    documents.repair(notebook)
+    assert documents.content(notebook) == before

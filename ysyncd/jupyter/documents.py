@@ -47,8 +47,12 @@ from typing import Any
 
 from jupyter_ydoc import ydocs
 from jupyter_ydoc.ybasedoc import YBaseDoc
-from jupyter_ydoc.ynotebook import YNotebook
-from pycrdt import Doc
+from jupyter_ydoc.ynotebook import (
+    NBFORMAT_MAJOR_VERSION,
+    NBFORMAT_MINOR_VERSION,
+    YNotebook,
+)
+from pycrdt import Array, Doc, Map
 
 from ysyncd.errors import InvalidRoomName
 from ysyncd.jupyter.files import BadFile
@@ -64,6 +68,7 @@ __all__ = [
     "model_class",
     "normalize",
     "parse_room_id",
+    "repair",
     "set_content",
 ]
 
@@ -189,6 +194,33 @@ def set_content(document: YBaseDoc, new_content: Any) -> None:
         document.set(new_content)
     except _SHAPE_ERRORS as exc:
         raise _bad_shape(document, exc) from exc
+
+
+def repair(document: YBaseDoc) -> None:
+    """Edit away what keeps jupyter_ydoc from reading ``document``.
+
+    A notebook whose ``nbformat`` or ``nbformat_minor`` is not a number gets
+    the current version; a cell that cannot be read (not a map, no
+    ``cell_type``...) is deleted. The rest stays as it is. Other types hold
+    one shared text or blob, which cannot go wrong this way. The caller
+    records the change, so every client sees the repair.
+    """
+    if not isinstance(document, YNotebook):
+        return
+    meta = document.ydoc.get("meta", type=Map)
+    versions = {"nbformat": NBFORMAT_MAJOR_VERSION}
+    versions["nbformat_minor"] = NBFORMAT_MINOR_VERSION
+    for key, current in versions.items():
+        try:
+            int(meta.get(key, current))
+        except _SHAPE_ERRORS:
+            meta[key] = current
+    cells = document.ydoc.get("cells", type=Array)
+    for index in reversed(range(len(cells))):
+        try:
+            document.get_cell(index)
+        except _SHAPE_ERRORS:
+            del cells[index]
 
 
 #: What jupyter_ydoc raises on shared types of a shape it does not expect.

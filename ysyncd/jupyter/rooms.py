@@ -107,7 +107,7 @@ class FileBinding:
         unsaved = False
         if room.doc.get_state() == b"\x00":
             room.apply(documents.deterministic_update(t.file_type, loaded.content))
-        elif self._content_or_none() != self._normal(loaded.content):
+        elif self._content() != self._normal(loaded.content):
             if self._model.ystate.get("hash") == loaded.state.hash:
                 # The file is as this room last loaded or saved it: the room
                 # is ahead, with edits ysyncd stopped before saving. Keep them.
@@ -128,14 +128,20 @@ class FileBinding:
         self._subscription = room.doc.observe(self._on_change)
         self._tg.start_soon(self._run)
 
-    def _content_or_none(self) -> Any:
+    def _content(self) -> Any:
+        """The document's content, repaired first if it cannot be read.
+
+        Any client may leave the shared types in a shape jupyter_ydoc cannot
+        read (a string ``nbformat``, a cell without ``cell_type``); unrepaired,
+        the room could never be saved or loaded again. Raises BadFile if the
+        repair did not do.
+        """
         try:
             return documents.content(self._model)
         except BadFile as exc:
-            # A client left the shared types in a shape jupyter_ydoc cannot
-            # read; the file's content, merged in, puts it right.
-            log.warning("%s: %s", self.path, exc)
-            return None
+            log.warning("%s: %s; repairing it", self.path, exc)
+        self._edit(lambda: documents.repair(self._model))
+        return documents.content(self._model)
 
     def rebind(self, doc: Doc[Any]) -> None:
         # A rebuild swapped the room's doc: model and observer follow it (the
@@ -181,7 +187,7 @@ class FileBinding:
                 # Follow a rename first: writing to the old path would bring
                 # a moved file back (or take the room for gone).
                 await self._check_file()
-                content = documents.content(self._model)
+                content = self._content()
                 digest = documents.content_digest(content)
                 if digest == self._saved:
                     return "success"
