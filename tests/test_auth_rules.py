@@ -25,6 +25,10 @@ ROOM = "api/collaboration/room/json:notebook:1234"
         (f"services/ysyncd/user/bob/lab/{ROOM}", Namespace("bob", "lab")),
         # A server literally named "api" is still a server.
         (f"user/alice/api/{ROOM}", Namespace("alice", "api")),
+        # A user named "user": the reading without a prefix comes first.
+        (f"user/user/bob/{ROOM}", Namespace("user", "bob")),
+        (f"user/user/{ROOM}", Namespace("user", "")),
+        (f"services/ysyncd/user/user/bob/{ROOM}", Namespace("user", "bob")),
         ("user/alice/notes", None),
         ("plain-room", None),
         (f"user/alice/{ROOM}/extra", None),

@@ -422,12 +422,31 @@ def _cell_of_text(doc: Doc) -> None:
     doc.get("cells", type=Array).append(Text("not a cell"))
 
 
+def _nan_in_metadata(doc: Doc) -> None:
+    doc.get("meta", type=Map)["metadata"] = {"kernelspec": {"x": float("nan")}}
+
+
+def _infinity_in_a_cell(doc: Doc) -> None:
+    cell = doc.get("cells", type=Array)[1]
+    cell["execution_count"] = float("inf")
+    cell["metadata"] = Map({"scrolled": float("-inf")})
+
+
 @pytest.mark.parametrize(
-    "poison", [_poison_version, _poison_minor, _cell_without_type, _cell_of_text]
+    "poison",
+    [
+        _poison_version,
+        _poison_minor,
+        _cell_without_type,
+        _cell_of_text,
+        _nan_in_metadata,
+        _infinity_in_a_cell,
+    ],
 )
 def test_a_document_of_the_wrong_shape_is_refused_then_repaired(poison: Any) -> None:
     """What a client can do to the shared types that jupyter_ydoc cannot read
-    back: content() says BadFile, and repair() edits only that away."""
+    back: content() says BadFile, and repair() edits only that away (NaN and
+    infinities become None)."""
     notebook = YNotebook()
     notebook.set(
         {
@@ -452,4 +471,10 @@ def test_a_document_of_the_wrong_shape_is_refused_then_repaired(poison: Any) -> 
     with pytest.raises(BadFile, match="not a valid notebook"):
         documents.content(notebook)
     documents.repair(notebook)
-    assert documents.content(notebook) == before
+    after = documents.content(notebook)
+    assert after["nbformat"] == 4 and after["nbformat_minor"] == 5
+    # Every readable cell stays, with its source: a NaN costs a value, not
+    # the cell.
+    assert [(c["id"], c["source"]) for c in after["cells"]] == [
+        (c["id"], c["source"]) for c in before["cells"]
+    ]

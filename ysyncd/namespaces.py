@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_PATTERN", "Located", "Namespace", "PathPattern"]
 #: JupyterHub's URL layout, with any base URL or service prefix before it.
 #: ``server`` is absent for a user's default server.
 DEFAULT_PATTERN = (
-    r"^(?:(?P<prefix>.*?)/)?user/(?P<owner>[^/]+)/(?:(?P<server>[^/]+)/)?"
+    r"^(?:(?P<prefix>.*?)/)??user/(?P<owner>[^/]+)/(?:(?P<server>[^/]+)/)?"
     r"api/collaboration/room/(?P<room>[^/]+)$"
 )
 

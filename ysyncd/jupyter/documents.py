@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -199,15 +200,19 @@ def set_content(document: YBaseDoc, new_content: Any) -> None:
 def repair(document: YBaseDoc) -> None:
     """Edit away what keeps jupyter_ydoc from reading ``document``.
 
-    A notebook whose ``nbformat`` or ``nbformat_minor`` is not a number gets
-    the current version; a cell that cannot be read (not a map, no
-    ``cell_type``...) is deleted. The rest stays as it is. Other types hold
-    one shared text or blob, which cannot go wrong this way. The caller
-    records the change, so every client sees the repair.
+    NaN and infinities become None; a notebook whose ``nbformat`` or
+    ``nbformat_minor`` is not a number gets the current version; a cell that
+    still cannot be read (not a map, no ``cell_type``...) is deleted. The
+    rest stays as it is. Other types hold one shared text or blob, which
+    cannot go wrong this way. The caller records the change, so every client
+    sees the repair.
     """
     if not isinstance(document, YNotebook):
         return
     meta = document.ydoc.get("meta", type=Map)
+    cells = document.ydoc.get("cells", type=Array)
+    _make_finite(meta)
+    _make_finite(cells)
     versions = {"nbformat": NBFORMAT_MAJOR_VERSION}
     versions["nbformat_minor"] = NBFORMAT_MINOR_VERSION
     for key, current in versions.items():
@@ -215,7 +220,6 @@ def repair(document: YBaseDoc) -> None:
             int(meta.get(key, current))
         except _SHAPE_ERRORS:
             meta[key] = current
-    cells = document.ydoc.get("cells", type=Array)
     for index in reversed(range(len(cells))):
         try:
             document.get_cell(index)
@@ -223,8 +227,56 @@ def repair(document: YBaseDoc) -> None:
             del cells[index]
 
 
-#: What jupyter_ydoc raises on shared types of a shape it does not expect.
-_SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+def _make_finite(shared: Map[Any] | Array[Any]) -> None:
+    """Turn every NaN or infinity under ``shared`` into None, in place.
+
+    JSON has no such numbers, and jupyter_ydoc fails on them; a client can
+    still send them, as Yjs numbers are float64.
+    """
+    if isinstance(shared, Map):
+        for key, value in list(shared.items()):
+            if isinstance(value, Map | Array):
+                _make_finite(value)
+            elif _has_non_finite(value):
+                shared[key] = _finite(value)
+        return
+    for index, value in enumerate(list(shared)):
+        if isinstance(value, Map | Array):
+            _make_finite(value)
+        elif _has_non_finite(value):
+            shared[index] = _finite(value)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+#: What jupyter_ydoc raises on shared types of a shape it does not expect
+#: (OverflowError: an infinity made an int).
+_SHAPE_ERRORS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+)
 
 
 def _bad_shape(document: YBaseDoc, exc: Exception) -> BadFile:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -206,17 +206,17 @@ def api_path(path: str) -> str:
 
 
 def _segment(value: str, what: str, *, optional: bool = False) -> str:
-    """A namespace part (a URL path segment, maybe %-escaped), decoded.
+    """A namespace part (owner or server, decoded once already with the
+    room's path), checked to stay one segment of a directory or URL path.
 
-    It goes into a directory or URL path, where it must stay one segment,
-    also once a server decodes it.
+    It is not decoded again: ``%61lice`` is a user of that name, and must not
+    reach ``alice``'s files.
     """
-    decoded = unquote(value)
-    if not decoded and not optional:
+    if not value and not optional:
         raise UnsafePath(f"the {what} is empty")
-    if decoded in (".", "..") or "/" in decoded or "\0" in decoded:
+    if value in (".", "..") or "/" in value or "\0" in value:
         raise UnsafePath(f"{what} {value[:64]!r} cannot be a path segment")
-    return decoded
+    return value
 
 
 def _fill(template: str, owner: str, server: str) -> str:

@@ -24,8 +24,9 @@ JupyterLab users expect their work. :class:`FileBinding` joins the two:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,12 +137,15 @@ class FileBinding:
         the room could never be saved or loaded again. Raises BadFile if the
         repair did not do.
         """
-        try:
+        # Recorded whole: get() itself renames duplicated cell ids in place,
+        # and later server edits must not depend on an unrecorded change.
+        with self._recording():
+            try:
+                return documents.content(self._model)
+            except BadFile as exc:
+                log.warning("%s: %s; repairing it", self.path, exc)
+            documents.repair(self._model)
             return documents.content(self._model)
-        except BadFile as exc:
-            log.warning("%s: %s; repairing it", self.path, exc)
-        self._edit(lambda: documents.repair(self._model))
-        return documents.content(self._model)
 
     def rebind(self, doc: Doc[Any]) -> None:
         # A rebuild swapped the room's doc: model and observer follow it (the
@@ -322,19 +326,27 @@ class FileBinding:
     def _remember(self, state: FileState) -> None:
         """The room's content is now the file's (just loaded)."""
         assert self._room is not None
-        self._saved = documents.content_digest(documents.content(self._model))
+        self._saved = documents.content_digest(self._content())
         self._file = state
         self._base = self._room.doc.get_update()
 
     def _edit(self, change: Callable[[], None]) -> None:
         """Make a server-side change to the room's doc and record it."""
+        with self._recording():
+            change()
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """Record what the block changes in the room's doc, raise or not."""
         room = self._room
         assert room is not None
         before = room.doc.get_state()
-        change()
-        update = room.doc.get_update(before)
-        if update != b"\x00\x00":
-            room.record(update)
+        try:
+            yield
+        finally:
+            update = room.doc.get_update(before)
+            if update != b"\x00\x00":
+                room.record(update)
 
     def _set_state(self, force: tuple[str, ...] = (), **values: Any) -> None:
         def change() -> None:
