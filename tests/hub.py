@@ -83,7 +83,6 @@ class Hub(LoggedServer):
         self.workdir = workdir
         self.config_path = workdir / "jupyterhub_config.py"
         self.service_token = secrets.token_hex(32)
-        self._client: httpx.AsyncClient | None = None
 
     @property
     def url(self) -> str:
@@ -119,21 +118,24 @@ class Hub(LoggedServer):
             )
         )
 
-    async def _spawn(self) -> None:
-        self._write_config()
-        # Drop JUPYTERHUB_* from the environment: when the tests themselves run
-        # under a hub, those variables describe that other hub.
+    def _environment(self) -> dict[str, str]:
+        """The hub's environment: ours, without JUPYTERHUB_* (when the tests
+        themselves run under a hub, those describe that other hub)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         pythonpath = [str(REPO_ROOT), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in pythonpath if p)
         env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def _spawn(self) -> None:
+        self._write_config()
         await self._spawn_logged(
             "-c",
             launch_code("jupyterhub.app:main"),
             "-f",
             str(self.config_path),
             cwd=self.workdir,
-            env=env,
+            env=self._environment(),
         )
 
     async def _ready(self) -> bool:
@@ -152,14 +154,6 @@ class Hub(LoggedServer):
             self.proc.kill()
             async with asyncio.timeout(scaled(10)):
                 await self.proc.wait()
-
-    async def stop(self) -> None:
-        try:
-            await self.kill()
-        finally:
-            if self._client is not None:
-                await self._client.aclose()
-                self._client = None
 
     # --- raw API ---------------------------------------------------------------
 
@@ -183,13 +177,7 @@ class Hub(LoggedServer):
             headers={"Authorization": f"token {auth}"},
             timeout=scaled(timeout),
         )
-        wanted = (expect,) if isinstance(expect, int) else expect
-        if wanted is not None and resp.status_code not in wanted:
-            raise HubError(
-                f"{method} {path}: HTTP {resp.status_code}, expected {wanted}: "
-                f"{resp.text}"
-            )
-        return resp
+        return self.expect(resp, expect, f"{method} {path}")
 
     async def whoami(self, token: str | None) -> httpx.Response:
         """``GET /user`` as the holder of ``token``: what an auth provider sees.
@@ -243,23 +231,28 @@ class Hub(LoggedServer):
         return model
 
     async def share(
-        self, owner: str, server_name: str, with_user: str
+        self, owner: str, server_name: str, with_user: str, token: str | None = None
     ) -> dict[str, Any]:
-        """Share ``owner/server_name`` ("" = default server) with ``with_user``."""
+        """Share ``owner/server_name`` ("" = default server) with ``with_user``,
+        as the holder of ``token`` (default: the service)."""
         resp = await self.request(
             "POST",
             f"/shares/{owner}/{server_name}",
+            token=token,
             json={"user": with_user},
             expect=200,
         )
         model: dict[str, Any] = resp.json()
         return model
 
-    async def unshare(self, owner: str, server_name: str, with_user: str) -> None:
+    async def unshare(
+        self, owner: str, server_name: str, with_user: str, token: str | None = None
+    ) -> None:
         """Revoke every permission ``with_user`` had on the shared server."""
         await self.request(
             "PATCH",
             f"/shares/{owner}/{server_name}",
+            token=token,
             json={"user": with_user},
             expect=200,
         )

@@ -99,7 +99,6 @@ class JupyterServer(LoggedServer):
         self.extra_config = config
         self.extra_args = list(args)
         self.extensions = sorted(set(extensions))
-        self._client: httpx.AsyncClient | None = None
 
     @property
     def url(self) -> str:
@@ -224,14 +223,6 @@ class JupyterServer(LoggedServer):
         except TimeoutError:
             raise JupyterError(f"jupyter server {proc.pid} did not die") from None
 
-    async def stop(self) -> None:
-        try:
-            await self.kill()
-        finally:
-            if self._client is not None:
-                await self._client.aclose()
-                self._client = None
-
     # --- API -------------------------------------------------------------------
 
     async def request(
@@ -260,13 +251,7 @@ class JupyterServer(LoggedServer):
         resp = await self.client.request(
             method, self.url + path.lstrip("/"), headers=sent, **kwargs
         )
-        wanted = (expect,) if isinstance(expect, int) else expect
-        if wanted is not None and resp.status_code not in wanted:
-            raise JupyterError(
-                f"{method} /{path.lstrip('/')}: HTTP {resp.status_code}, "
-                f"expected {wanted}: {resp.text}"
-            )
-        return resp
+        return self.expect(resp, expect, f"{method} /{path.lstrip('/')}")
 
     @property
     def cookie_name(self) -> str:

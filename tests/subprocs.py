@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.timing import scaled
 
 __all__ = ["LoggedServer", "PortTakenError", "free_port", "launch_code"]
@@ -68,6 +70,8 @@ class LoggedServer:
         self.proc: asyncio.subprocess.Process | None = None
         # Where the current start attempt's output begins in the shared log.
         self._log_start = 0
+        #: The tests' HTTP client for its API; subclasses open it.
+        self._client: httpx.AsyncClient | None = None
 
     def log(self, *, this_attempt: bool = False) -> str:
         """The output so far (all start attempts), for failure messages."""
@@ -142,3 +146,23 @@ class LoggedServer:
 
     async def kill(self) -> None:
         raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Kill the server and close the API client."""
+        try:
+            await self.kill()
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
+
+    def expect(
+        self, resp: httpx.Response, expect: int | tuple[int, ...] | None, what: str
+    ) -> httpx.Response:
+        """``resp``, if its status is one of ``expect`` (None: any)."""
+        wanted = (expect,) if isinstance(expect, int) else expect
+        if wanted is not None and resp.status_code not in wanted:
+            raise self.error(
+                f"{what}: HTTP {resp.status_code}, expected {wanted}: {resp.text}"
+            )
+        return resp

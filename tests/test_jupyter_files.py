@@ -11,6 +11,7 @@ only way a client gets a file id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -617,15 +619,22 @@ class PausedWrites(FsFiles):
         return await super().write(*args, **kwargs)
 
 
-async def test_an_edit_made_during_a_save_is_not_taken_for_saved(
-    tmp_path: Path,
-) -> None:
-    """The file holds the doc as it was when the save began; an edit made
-    while it was written keeps the room dirty and the next save writes it
-    (it must not count as saved because the doc had it once the write ended)."""
-    shutil.copy(FIXTURES / "nb45.ipynb", tmp_path / "nb.ipynb")
-    files = PausedWrites(str(tmp_path), StaticFileIds({"nb-id": "nb.ipynb"}))
-    committer = Committer(MemoryStore())
+@dataclass
+class Bound:
+    """A room bound to ``nb.ipynb`` in process, over a memory store."""
+
+    room: Room
+    binding: FileBinding
+    committer: Committer
+    store: MemoryStore
+
+
+@contextlib.asynccontextmanager
+async def bound_room(files: FsFiles) -> AsyncIterator[Bound]:
+    """A room bound to the notebook with id ``nb-id`` in ``files``; the
+    binding neither autosaves nor polls unless a test asks."""
+    store = MemoryStore()
+    committer = Committer(store)
     target = Target(Namespace("alice"), "json", "notebook", "nb-id")
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
@@ -639,6 +648,23 @@ async def test_an_edit_made_during_a_save_is_not_taken_for_saved(
             autosave_wanted=lambda _room: True,
         )
         await binding.setup(room)
+        try:
+            yield Bound(room, binding, committer, store)
+        finally:
+            binding.stop()
+            committer.stop()
+
+
+async def test_an_edit_made_during_a_save_is_not_taken_for_saved(
+    tmp_path: Path,
+) -> None:
+    """The file holds the doc as it was when the save began; an edit made
+    while it was written keeps the room dirty and the next save writes it
+    (it must not count as saved because the doc had it once the write ended)."""
+    shutil.copy(FIXTURES / "nb45.ipynb", tmp_path / "nb.ipynb")
+    files = PausedWrites(str(tmp_path), StaticFileIds({"nb-id": "nb.ipynb"}))
+    async with bound_room(files) as bound:
+        room, binding = bound.room, bound.binding
         notebook = YNotebook(ydoc=room.doc)
         source = room.doc.get("cells", type=Array)[0]["source"]
         source += " first"
@@ -658,8 +684,6 @@ async def test_an_edit_made_during_a_save_is_not_taken_for_saved(
         on_disk = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
         assert on_disk.cells[0].source.endswith(" first second")
         assert notebook.ystate["dirty"] is False
-        binding.stop()
-        committer.stop()
 
 
 async def test_what_reading_and_repairing_a_document_change_is_stored(
@@ -671,21 +695,8 @@ async def test_what_reading_and_repairing_a_document_change_is_stored(
     (and every later server edit) would depend on a change nobody has."""
     shutil.copy(FIXTURES / "nb45.ipynb", tmp_path / "nb.ipynb")
     files = FsFiles(str(tmp_path), StaticFileIds({"nb-id": "nb.ipynb"}))
-    store = MemoryStore()
-    committer = Committer(store)
-    target = Target(Namespace("alice"), "json", "notebook", "nb-id")
-    async with anyio.create_task_group() as tg:
-        await tg.start(committer.run)
-        room = Room("a-room", Doc(), committer)
-        binding = FileBinding(
-            target,
-            files,
-            tg,
-            save_delay=600,
-            poll_interval=600,
-            autosave_wanted=lambda _room: True,
-        )
-        await binding.setup(room)
+    async with bound_room(files) as bound:
+        room, binding = bound.room, bound.binding
         client: Doc = Doc()
         client.apply_update(room.doc.get_update())
         first = YNotebook(ydoc=client).get()["cells"][0]
@@ -698,13 +709,11 @@ async def test_what_reading_and_repairing_a_document_change_is_stored(
         with pytest.warns(UserWarning, match="Non-unique cell ID"):
             async with asyncio.timeout(scaled(10)):
                 assert await binding.save() == "success"
-                await committer.flush()
+                await bound.committer.flush()
         replay: Doc = Doc()
-        for update in (await store.load("a-room")).updates:
+        for update in (await bound.store.load("a-room")).updates:
             replay.apply_update(update)
         assert replay.get_state() == room.doc.get_state()
         cells_after = YNotebook(ydoc=replay).get()["cells"]
         assert cells_after == YNotebook(ydoc=room.doc).get()["cells"]
         assert len({cell["id"] for cell in cells_after}) == len(cells_after)
-        binding.stop()
-        committer.stop()

@@ -34,7 +34,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.hub import SERVICE_SCOPES, Hub
 from tests.jupyterclient import JupyterClient, append, room_path, source_of
-from tests.subprocs import free_port, launch_code
+from tests.subprocs import free_port
 from tests.timing import scaled, wait_until
 from ysyncd.auth.glue import namespace_secret
 
@@ -85,11 +85,13 @@ class ExampleHub(Hub):
         )
 
     async def _spawn(self) -> None:
-        self._write_config()
         self.public_port = free_port()
         self.proxy_api_port = free_port()
         self.ysyncd_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+        await super()._spawn()
+
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
         env.update(
             EXAMPLE_DATA_DIR=str(self.data),
             EXAMPLE_BIND_URL=self.public_url,
@@ -99,16 +101,8 @@ class ExampleHub(Hub):
             # A share reaches alice's running server within a second.
             EXAMPLE_AUTH_CACHE_SECONDS="1",
             PATH=os.pathsep.join([str(NODE_BIN), env.get("PATH", "")]),
-            PYTHONUNBUFFERED="1",
         )
-        await self._spawn_logged(
-            "-c",
-            launch_code("jupyterhub.app:main"),
-            "-f",
-            str(self.config_path),
-            cwd=self.workdir,
-            env=env,
-        )
+        return env
 
     async def _ready(self) -> bool:
         """The hub's API, through the proxy too, and ysyncd, all answer."""
@@ -274,13 +268,7 @@ async def _share_and_unshare(
                 pass
         assert refused.value.response.status_code == 403
 
-        await hub.request(
-            "POST",
-            "/shares/alice/",
-            token=alice.token,
-            json={"user": "bob"},
-            expect=200,
-        )
+        await hub.share("alice", "", "bob", token=alice.token)
         await _wait_until_admitted(bob_at_alice, "plan.ipynb")
 
         async with JupyterClient.connect(
@@ -303,13 +291,7 @@ async def _share_and_unshare(
             )
 
             # alice withdraws the share: bob's open socket is closed.
-            await hub.request(
-                "PATCH",
-                "/shares/alice/",
-                token=alice.token,
-                json={"user": "bob"},
-                expect=200,
-            )
+            await hub.unshare("alice", "", "bob", token=alice.token)
             await at_bob.wait_closed(timeout=15)
             assert at_bob.close_code == 4403, at_bob.close_code
         assert (await bob_at_alice.session("plan.ipynb")).status_code == 403

@@ -69,7 +69,7 @@ class Keepalive:
                 # ping() gives a Future, typed as an Awaitable.
                 pong = asyncio.ensure_future(await conn.ping())
             except ConnectionClosed:
-                continue
+                continue  # closed meanwhile: its handler is ending, no ping due
             # If the connection drops first, the pong fails; mark that seen.
             pong.add_done_callback(_seen)
             if self.timeout:

@@ -72,19 +72,18 @@ from tornado.websocket import (
 )
 from traitlets import Float, Int, TraitError, Unicode, default, validate
 
+from ysyncd.auth.recheck import REVOKED
+from ysyncd.config import MiB
 from ysyncd.jupyter.access import AccessCheck, credentials_of
 
 __all__ = ["Glue", "RoomHandler", "SessionHandler", "YsyncdExtension"]
 
 log = logging.getLogger("ysyncd.jupyter.extension")
 
-MiB = 1024 * 1024
 #: Close codes an endpoint may send (RFC 6455 7.4); others become 1011.
 _SENDABLE = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
 #: Close code and reason when ysyncd's socket ends without a close frame.
 LOST = (1011, "ysyncd connection lost")
-#: Closes a room socket whose user lost access (as ysyncd's own re-checks do).
-WITHDRAWN = 4403
 #: ysyncd's HTTP refusals that say something about the request, passed on;
 #: any other (401: a wrong secret) is this server's problem: 502.
 _RELAYED_STATUSES = frozenset({400, 403, 404, 503})
@@ -407,15 +406,15 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             # before it answers the close.
             upstream, self.upstream = self.upstream, None
             if upstream is not None:
-                upstream.close(WITHDRAWN, reason)
-            self.close(WITHDRAWN, reason)
+                upstream.close(REVOKED, reason)
+            self.close(REVOKED, reason)
             return
 
     def _check_session(self, reason: str) -> None:
         try:
             verdict = json.loads(reason)
         except ValueError:
-            return
+            return  # a plain-text reason: not the session verdict
         if isinstance(verdict, dict) and verdict.get("reason") == "unknown_session":
             self.glue.forget(self.get_query_argument("sessionId", ""))
 
