@@ -293,6 +293,27 @@ async def test_no_token_text_in_the_logs(db_path: Path, token_file: Path) -> Non
         assert secret[:16] not in log
 
 
+async def test_a_token_read_from_an_escaped_parameter_name_is_redacted(
+    db_path: Path, token_file: Path
+) -> None:
+    """``?tok%65n=`` is read as ``?token=``, so its value is redacted too."""
+    args = ("--auth", "token", "--token-file", str(token_file), "--log-level", "debug")
+    server = ServerProcess(db_path, *args)
+    await server.start()
+    try:
+        for escaped in ("tok%65n", "%74oken", "%74%6F%6B%65%6E"):
+            async with YClient.connect(server.url, f"notes/x?{escaped}={ALICE}"):
+                pass
+        bad = "wrong-0123456789abcdefghijklmnop"
+        assert await refusal(f"{server.url}/notes/x?tok%65n={bad}") == 401
+    finally:
+        assert await server.stop() == 0
+    log = "".join(server.log)
+    assert "GET /notes/x?tok%65n=[redacted]" in log
+    for secret in (ALICE, bad):
+        assert secret not in log and secret[:16] not in log
+
+
 def test_other_interfaces_need_auth_or_an_explicit_flag(tmp_path: Path) -> None:
     """--host 0.0.0.0 with --auth none refuses to start, naming the way out."""
     result = subprocess.run(

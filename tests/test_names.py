@@ -19,6 +19,7 @@ from ysyncd.names import room_from_path
         ("/a%2Fb", "a/b"),
         ("/with space", "with space"),
         ("/json:notebook:1234", "json:notebook:1234"),
+        ("/a/.../b.c/.d", "a/.../b.c/.d"),
     ],
 )
 def test_valid_paths(path: str, room: str) -> None:
@@ -39,10 +40,15 @@ def test_valid_paths(path: str, room: str) -> None:
         "/a%0Ab",
         "/\u200b",
         "/" + "é" * 257,
+        "/a/../b",
+        "/a/%2E%2E/b",
+        "/./a",
+        "/a/.",
     ],
 )
 def test_invalid_paths(path: str) -> None:
-    """Empty, non-UTF-8, control characters and over-long names are refused."""
+    """Empty, non-UTF-8, control characters, dot segments and over-long names
+    are refused."""
     with pytest.raises(InvalidRoomName):
         room_from_path(path)
 

@@ -10,7 +10,8 @@ The tree::
     │   ├── InvalidUpdate        a Yjs update that pycrdt refuses to apply
     │   ├── TooLarge             a message or awareness state over its size limit
     │   └── PolicyViolation      a peer over a rate or count limit
-    ├── InvalidRoomName          a request path that does not name a room
+    ├── BadRequest               an HTTP request we cannot act on (400)
+    │   └── InvalidRoomName      a request path that does not name a room
     ├── AuthError                a connection was not let in (an HTTP status)
     │   ├── Unauthorized         no credentials, or bad ones (401)
     │   ├── Forbidden            good credentials, but not for this room (403)
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "AuthUnavailable",
+    "BadRequest",
     "DecodeError",
     "Forbidden",
     "InvalidRoomName",
@@ -72,7 +74,11 @@ class PolicyViolation(ProtocolError):
     """A peer went over a rate or count limit (close 1008)."""
 
 
-class InvalidRoomName(YsyncdError):
+class BadRequest(YsyncdError):
+    """An HTTP request that is malformed or ambiguous (HTTP 400)."""
+
+
+class InvalidRoomName(BadRequest):
     """The request path does not name a valid room (HTTP 400)."""
 
 

@@ -2,31 +2,46 @@
 
 ysyncd's own messages never hold a token, but at ``--log-level debug``
 websockets logs each request line and its headers, and exception texts may
-quote a URL. The formatter therefore masks ``token=`` query values,
-``Authorization`` and ``Cookie`` header values, and bearer tokens in the
-final text of each record, tracebacks included.
+quote a URL. The formatter therefore masks, in the final text of each
+record (tracebacks included), whatever the server reads as a credential:
+
+- the value of every query parameter whose name, once percent-decoded as
+  the server decodes it (``?tok%65n=`` is ``token``), is ``token``;
+- ``Authorization`` and ``Cookie`` header values;
+- bearer tokens.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
 __all__ = ["RedactingFormatter", "configure", "redact"]
 
+#: Query parameters that carry credentials (as their names read decoded).
+_CREDENTIAL_PARAMETERS = frozenset({"token", "access_token"})
+
+_QUERY_PARAMETER = re.compile(r"(?P<keep>[?&;](?P<name>[^=&;\s\"'#?]+)=)[^&;\s\"'#]*")
+
 _SECRETS = re.compile(
-    r"(?P<keep>[?&](?:token|access_token)=)[^&\s\"']+"
-    r"|(?P<keep2>\b(?:Authorization|Cookie|Set-Cookie):\s*)[^\r\n]+"
-    r"|(?P<keep3>\b(?:Bearer|token)\s+)[A-Za-z0-9._~+/=-]{16,}",
+    r"(?P<keep>\b(?:Authorization|Cookie|Set-Cookie):\s*)[^\r\n]+"
+    r"|(?P<keep2>\b(?:Bearer|token)\s+)[A-Za-z0-9._~+/=-]{16,}",
     re.IGNORECASE,
 )
 
 
+def _query_parameter(match: re.Match[str]) -> str:
+    name = unquote_plus(match["name"], errors="replace").strip().lower()
+    if name in _CREDENTIAL_PARAMETERS:
+        return match["keep"] + "[redacted]"
+    return match[0]
+
+
 def redact(text: str) -> str:
     """``text`` with every credential it holds replaced by ``[redacted]``."""
-    return _SECRETS.sub(
-        lambda m: (m["keep"] or m["keep2"] or m["keep3"]) + "[redacted]", text
-    )
+    text = _QUERY_PARAMETER.sub(_query_parameter, text)
+    return _SECRETS.sub(lambda m: (m["keep"] or m["keep2"]) + "[redacted]", text)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -14,11 +14,13 @@ def room_from_path(path: str, *, max_bytes: int = 512) -> str:
 
     The client appends the room to the server URL, so the name is the path
     without its leading ``/`` and without the query string, percent-decoded.
-    Slashes and any printable Unicode are allowed.
+    Slashes and any printable Unicode are allowed, but not ``.`` or ``..``
+    as a segment: proxies and browsers resolve those, so the same name could
+    reach different rooms (or a grant another room) behind different fronts.
 
     Raises:
-        InvalidRoomName: empty, too long, not UTF-8, or holding control
-            characters.
+        InvalidRoomName: empty, too long, not UTF-8, holding control
+            characters, or with a dot segment.
     """
     raw = path.partition("?")[0].partition("#")[0]
     if not raw.startswith("/"):
@@ -33,4 +35,6 @@ def room_from_path(path: str, *, max_bytes: int = 512) -> str:
         raise InvalidRoomName(f"the room name is longer than {max_bytes} bytes")
     if not name.isprintable():
         raise InvalidRoomName("the room name holds control or invisible characters")
+    if any(segment in (".", "..") for segment in name.split("/")):
+        raise InvalidRoomName("the room name has a . or .. segment")
     return name

@@ -24,7 +24,6 @@ import logging
 import ssl
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 from websockets.asyncio.server import Server, ServerConnection
@@ -33,19 +32,14 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from ysyncd.auth import (
-    ANYONE,
-    Authorizer,
-    Grant,
-    allowed_origins,
-    build_authorizer,
-)
-from ysyncd.auth.recheck import Rechecker, credentials_only
+from ysyncd.admission import Admission, Admitter, duplicate_header
+from ysyncd.auth import Authorizer, allowed_origins, build_authorizer
+from ysyncd.auth.recheck import Rechecker
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
-from ysyncd.dialect import Dialect, Jupyter, YWebsocket
 from ysyncd.errors import (
     AuthError,
+    BadRequest,
     Forbidden,
     InvalidRoomName,
     ProtocolError,
@@ -53,7 +47,7 @@ from ysyncd.errors import (
     UnsupportedFrame,
 )
 from ysyncd.jupyter.files import FileError, FileGone
-from ysyncd.jupyter.service import JupyterRooms, Route, unknown_session
+from ysyncd.jupyter.service import JupyterRooms, unknown_session
 from ysyncd.keepalive import Keepalive
 from ysyncd.names import room_from_path
 from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
@@ -63,7 +57,7 @@ from ysyncd.stats import Stats
 from ysyncd.store import open_store
 from ysyncd.store.memory import MemoryStore
 
-__all__ = ["Admission", "serve"]
+__all__ = ["serve"]
 
 
 class RoomFailed(Exception):
@@ -76,19 +70,6 @@ log = logging.getLogger("ysyncd.server")
 FILES_CHANGED = "/_ysyncd/changed/"
 
 Listening = Callable[[str, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What the pre-upgrade checks decided about one connection."""
-
-    room: str
-    dialect: Dialect = YWebsocket
-    grant: Grant = ANYONE
-    #: Where a Jupyter room connection goes; None for plain y-websocket rooms.
-    jupyter: Route | None = None
-    #: What the Rechecker presents again later, when the provider rechecks.
-    credentials: Request | None = None
 
 
 class _App:
@@ -112,7 +93,13 @@ class _App:
             if authorizer.rechecks
             else None
         )
-        self.origins = allowed_origins(settings)
+        self.admitter = Admitter(
+            authorizer,
+            jupyter.route,
+            max_room_name_bytes=settings.max_room_name_bytes,
+            origins=allowed_origins(settings),
+            keep_credentials=self.rechecker is not None,
+        )
         self.keepalive = keepalive
         self.registry = registry
         self.committer = committer
@@ -149,42 +136,44 @@ class _App:
     async def process_request(
         self, conn: ServerConnection, request: Request
     ) -> Response | None:
+        try:
+            return await self._process_request(conn, request)
+        except InvalidRoomName as exc:
+            self.stats.limit_hit("room_name", str(exc))
+            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        except BadRequest as exc:
+            self.stats.limit_hit("bad_request", str(exc))
+            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        except Exception as exc:  # noqa: BLE001 - logged by Stats.failed
+            # A bug here must cost one request a 500, not the log a
+            # traceback per request: logged once, then at debug level.
+            self.stats.failed("handling a request", exc)
+            return conn.respond(
+                http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n"
+            )
+
+    async def _process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
+        repeated = duplicate_header(request)
+        if repeated is not None:
+            raise BadRequest(f"the {repeated} header appears more than once")
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             path = request.path.partition("?")[0]
             if path.startswith(FILES_CHANGED):
                 return await self._files_changed(conn, request, path)
             return self._plain_http(conn, path)
+        located = self.admitter.locate(request.path)
         try:
-            room = room_from_path(
-                request.path, max_bytes=self.settings.max_room_name_bytes
-            )
-        except InvalidRoomName as exc:
-            self.stats.limit_hit("room_name", str(exc))
-            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
-        try:
-            grant = await self._authorize(request, room)
+            grant = await self.admitter.authorize(request, located.key)
         except AuthError as exc:
-            return self._refuse(conn, room, exc)
-        route = self.jupyter.route(room, request.path.partition("?")[2])
-        key = room if route is None else route.key
-        limit = self._over_limit(key)
+            return self._refuse(conn, located.key, exc)
+        limit = self._over_limit(located.key)
         if limit is not None:
-            self.stats.limit_hit(limit, f"refused a connection to {room!r}")
+            self.stats.limit_hit(limit, f"refused a connection to {located.key!r}")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
-        self.admissions[conn] = Admission(
-            key,
-            dialect=YWebsocket if route is None else Jupyter,
-            jupyter=route,
-            grant=grant,
-            credentials=credentials_only(request) if self.rechecker else None,
-        )
+        self.admissions[conn] = self.admitter.admission(request, located, grant)
         return None
-
-    async def _authorize(self, request: Request, room: str) -> Grant:
-        origin = request.headers.get("Origin")
-        if self.origins and origin is not None and origin not in self.origins:
-            raise Forbidden("this origin may not connect")
-        return await self.authorizer.authorize(request, room)
 
     def _refuse(self, conn: ServerConnection, room: str, exc: AuthError) -> Response:
         # The reason goes to the client and the log; it never holds a token.
@@ -202,24 +191,23 @@ class _App:
         Asked as a writer of that namespace's rooms would be (the extension
         with its glue secret); the answer says how many rooms were told.
         """
-        try:
-            prefix = room_from_path(
-                "/" + path[len(FILES_CHANGED) :],
-                max_bytes=self.settings.max_room_name_bytes,
-            )
-        except InvalidRoomName as exc:
-            return conn.respond(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        prefix = room_from_path(
+            "/" + path[len(FILES_CHANGED) :],
+            max_bytes=self.settings.max_room_name_bytes,
+        )
         # Any room of the namespace stands for it, as the extension names them.
-        room = f"{prefix.rstrip('/')}/api/collaboration/room/-"
-        namespace = self.jupyter.pattern.namespace(room)
-        if namespace is None:
+        located = self.admitter.locate_name(
+            f"{prefix.rstrip('/')}/api/collaboration/room/-"
+        )
+        namespace = self.jupyter.pattern.namespace(located.key)
+        if located.route is None or namespace is None:
             return conn.respond(http.HTTPStatus.NOT_FOUND, "not a Jupyter namespace\n")
         try:
-            grant = await self._authorize(request, room)
+            grant = await self.admitter.authorize(request, located.key)
         except AuthError as exc:
-            return self._refuse(conn, room, exc)
+            return self._refuse(conn, located.key, exc)
         if grant.read_only:
-            return self._refuse(conn, room, Forbidden("read-only"))
+            return self._refuse(conn, located.key, Forbidden("read-only"))
         told = self.jupyter.files_changed(self.registry.rooms.values(), namespace)
         return conn.respond(http.HTTPStatus.OK, json.dumps({"rooms": told}) + "\n")
 

@@ -53,6 +53,21 @@ class Stats:
             log.debug("refused a connection with HTTP %d: %s", status, detail)
         self.refusals[status] += 1
 
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Count an unexpected exception; log its first traceback at error
+        level and later ones at debug level, so one client cannot flood the
+        log with them."""
+        if not self.counters["internal_errors"]:
+            log.error(
+                "unexpected error %s (further ones are counted in /metrics and "
+                "logged at debug level)",
+                where,
+                exc_info=exc,
+            )
+        else:
+            log.debug("unexpected error %s", where, exc_info=exc)
+        self.counters["internal_errors"] += 1
+
     def closed(self, code: int) -> None:
         self.closes[code] += 1
 

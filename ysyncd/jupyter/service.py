@@ -33,7 +33,7 @@ from ysyncd.protocol import JupyterSave, Message, encode_raw
 from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry, Setup
 
-__all__ = ["JupyterRooms", "Route", "unknown_session"]
+__all__ = ["JupyterRooms", "Route", "route", "unknown_session"]
 
 log = logging.getLogger("ysyncd.jupyter")
 
@@ -55,6 +55,25 @@ def unknown_session(session: str) -> str:
         # Cut the client's id short, so the JSON fits in a close frame.
         {"reason": "unknown_session", "sessionId": session[:64], "reloadable": True}
     )
+
+
+def route(pattern: PathPattern, room: str, query: str) -> Route | None:
+    """Where a room name goes with ``pattern``; None for a plain y-websocket room.
+
+    Raises:
+        InvalidRoomName: a document room id of an unknown format.
+    """
+    located = pattern.locate(room)
+    if located is None:
+        return None
+    session = parse_qs(query).get("sessionId", [""])[0] or None
+    kind = documents.parse_room_id(located.room_id)
+    target = None
+    if kind is not None:
+        target = Target(
+            located.namespace, kind.file_format, kind.file_type, kind.file_id
+        )
+    return Route(located.key, target, session)
 
 
 def autosave_wanted(room: Room) -> bool:
@@ -85,17 +104,7 @@ class JupyterRooms:
 
     def route(self, room: str, query: str) -> Route | None:
         """The route of a room name, or None for a plain y-websocket room."""
-        located = self.pattern.locate(room)
-        if located is None:
-            return None
-        session = parse_qs(query).get("sessionId", [""])[0] or None
-        kind = documents.parse_room_id(located.room_id)
-        target = None
-        if kind is not None:
-            target = Target(
-                located.namespace, kind.file_format, kind.file_type, kind.file_id
-            )
-        return Route(located.key, target, session)
+        return route(self.pattern, room, query)
 
     def files_changed(self, rooms: Iterable[Room], namespace: Namespace) -> int:
         """Files in ``namespace`` changed: check those of its rooms now.
