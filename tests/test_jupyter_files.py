@@ -23,6 +23,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -36,8 +37,9 @@ from pycrdt import Array, Doc, Map, Text
 from tests.jupyterproc import JupyterServer, collaborating_jupyter
 from tests.test_jupyter_documents import contents_manager
 from tests.timing import scaled
+from ysyncd.auth.glue import namespace_secret
 from ysyncd.commits import Committer
-from ysyncd.jupyter import documents
+from ysyncd.jupyter import documents, fsfiles
 from ysyncd.jupyter.files import (
     BadFile,
     ContentsFiles,
@@ -45,6 +47,7 @@ from ysyncd.jupyter.files import (
     FileState,
     FilesUnavailable,
     FsFiles,
+    GlueCredentials,
     Loaded,
     RestFileIds,
     StaticFileIds,
@@ -397,6 +400,55 @@ async def test_missing_and_unreadable_files(root: Path, files: FsFiles) -> None:
         await files.write(NS, "ours", "text", "file", "over a directory")
 
 
+async def test_hidden_files_are_missing_unless_allowed(
+    root: Path, files: FsFiles
+) -> None:
+    """As FileContentsManager with allow_hidden off: a dot starting any
+    segment makes a file missing to reads, stats and writes, with a missing
+    file's very message; --jupyter-allow-hidden serves them."""
+    (root / ".bashrc").write_text("rc")
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "config").write_text("cfg")
+    (root / "ours" / ".env").write_text("env")
+    for path in [".bashrc", ".ssh/config", "ours/.env", ".ssh/new"]:
+        with pytest.raises(FileGone) as read:
+            await files.read(NS, path, "text", "file")
+        assert str(read.value) == f"{path!r} does not exist"
+        assert await files.stat(NS, path) is None
+        with pytest.raises(FileGone):
+            await files.write(NS, path, "text", "file", "pwned")
+    assert (root / ".bashrc").read_text() == "rc"
+    assert sorted(p.name for p in (root / ".ssh").iterdir()) == ["config"]
+    assert (root / "ours" / ".env").read_text() == "env"
+
+    allowed = FsFiles(str(root), StaticFileIds(), allow_hidden=True)
+    assert (await allowed.read(NS, ".ssh/config", "text", "file")).content == "cfg"
+    await allowed.write(NS, ".bashrc", "text", "file", "new rc")
+    assert (root / ".bashrc").read_text() == "new rc"
+
+
+async def test_files_hidden_by_an_attribute_are_missing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a platform marks files hidden (UF_HIDDEN on macOS and BSD,
+    FILE_ATTRIBUTE_HIDDEN on Windows), a marked file, or a file in a marked
+    directory, is hidden too, as jupyter_core's is_hidden says."""
+    assert fsfiles._hidden_by_attribute(SimpleNamespace(st_flags=0x8000))
+    assert fsfiles._hidden_by_attribute(SimpleNamespace(st_file_attributes=2))
+    assert not fsfiles._hidden_by_attribute(SimpleNamespace(st_flags=0))
+    # Linux has neither: mark the "ours" directory by its inode instead.
+    marked = (root / "ours").stat().st_ino
+    monkeypatch.setattr(fsfiles, "_CAN_HIDE_BY_ATTRIBUTE", True)
+    monkeypatch.setattr(fsfiles, "_hidden_by_attribute", lambda st: st.st_ino == marked)
+    (root / "ours" / "x.txt").write_text("x")
+    files = FsFiles(str(root), StaticFileIds())
+    assert await files.stat(NS, "ours/x.txt") is None
+    with pytest.raises(FileGone):
+        await files.write(NS, "ours/x.txt", "text", "file", "pwned")
+    assert (root / "ours" / "x.txt").read_text() == "x"
+    assert await files.stat(NS, "unicode.md") is not None
+
+
 async def test_stat_sees_every_outside_write(root: Path, files: FsFiles) -> None:
     target = root / "ours" / "s.txt"
     target.write_text("one")
@@ -579,24 +631,53 @@ async def test_file_ids_resolve_through_the_jupyter_server(
 
 
 async def test_server_urls_fill_the_template() -> None:
-    files = ContentsFiles("http://hub:8000/prefix/user/{owner}/{server}", "t")
+    """Names are path segments, escaped as JupyterHub escapes them."""
+    files = ContentsFiles("http://hub:8000/prefix/user/{owner}/{server}", "")
     try:
         url = files.api.server_url
         assert url(Namespace("alice")) == "http://hub:8000/prefix/user/alice/"
         assert (
             url(Namespace("alice", "srv2")) == "http://hub:8000/prefix/user/alice/srv2/"
         )
-        # Room paths are read unescaped; URLs escape names as JupyterHub does.
+        # Room paths are read unescaped, and the names escaped once here.
         assert url(Namespace("a@b")) == "http://hub:8000/prefix/user/a@b/"
         assert url(Namespace("a b#c")) == "http://hub:8000/prefix/user/a%20b%23c/"
         assert url(Namespace("%61lice")) == "http://hub:8000/prefix/user/%2561lice/"
-        for bad in [Namespace(".."), Namespace("."), Namespace("a/b")]:
+        assert (
+            url(Namespace("a/b?", "x:y~"))
+            == "http://hub:8000/prefix/user/a%2Fb%3F/x%3Ay~/"
+        )
+        for bad in [Namespace(".."), Namespace("."), Namespace("a", "..")]:
             with pytest.raises(UnsafePath):
                 url(bad)
     finally:
         await files.aclose()
     with pytest.raises(ValueError, match="owner"):
-        ContentsFiles("http://hub/user/{name}/", "t")
+        ContentsFiles("http://hub/user/{name}/", "")
+    # One token shown to every server would open the others: refused.
+    with pytest.raises(ValueError, match="--jupyter-credentials glue"):
+        ContentsFiles("http://hub/user/{owner}/", "a-token")
+    for template in ["http://{owner}.hub/", "http://hub:{server}/", "hub/{owner}/"]:
+        with pytest.raises(ValueError, match="--jupyter-url"):
+            ContentsFiles(template, "")
+
+
+async def test_glue_credentials_are_each_servers_own_secret() -> None:
+    """With glue credentials, each server is shown its namespace secret, at
+    the extension's endpoints, and never a token."""
+    master = "m" * 64
+    glue = GlueCredentials(master.encode())
+    files = ContentsFiles("http://hub/user/{owner}/{server}/", glue)
+    try:
+        assert files.api.endpoint("contents/") == "api/ysyncd/contents/"
+        for ns in (Namespace("alice"), Namespace("bob", "gpu")):
+            assert glue.headers(ns) == {
+                "X-Ysyncd-Glue": namespace_secret(master, ns.owner, ns.server)
+            }
+    finally:
+        await files.aclose()
+    with pytest.raises(ValueError, match="32 bytes"):
+        GlueCredentials(b"short")
     ids = StaticFileIds({"abc": "a.ipynb"})
     assert await ids.resolve(NS, "abc") == "a.ipynb"
     assert await ids.resolve(NS, "other") is None

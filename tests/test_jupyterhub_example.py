@@ -7,7 +7,7 @@ users and tokens, starting servers). Everything else is the example's:
 - JupyterHub 6 with DummyAuthenticator and SimpleLocalProcessSpawner;
 - configurable-http-proxy from npm (tests/js), on a free loopback port;
 - ysyncd as a managed Hub service (``--auth glue``, ``--jupyter-files
-  contents`` through the proxy with its own service token);
+  contents`` through the proxy, showing each server its own glue secret);
 - alice's single-user server (``jupyterhub.singleuser``) with the ysyncd.jupyter
   extension, enabled by the installed ``jupyter_server_config.d/ysyncd.json``.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -55,6 +56,23 @@ c.JupyterHub.load_roles.append(
     {{"name": "tests", "services": [{service!r}], "scopes": {scopes!r}}}
 )
 """
+
+
+#: mallory's own ~/.jupyter/jupyter_server_config.py: her code runs in her
+#: server, and may record every request it gets, headers and all.
+_RECORDER = """\
+import json
+
+def _record(handler):
+    with open({path!r}, "a") as f:
+        request = handler.request
+        seen = {{"path": request.path, "headers": dict(request.headers)}}
+        f.write(json.dumps(seen) + "\\n")
+
+c.ServerApp.tornado_settings = {{"log_function": _record}}
+"""
+#: Request headers that carry credentials.
+CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Ysyncd-Glue")
 
 
 class ExampleHub(Hub):
@@ -216,6 +234,94 @@ async def test_a_servers_glue_secret_opens_its_own_rooms_only(
         async with connect(f"{ysyncd}/user/bob/{room}", additional_headers=alices):
             pass
     assert refused.value.response.status_code == 401
+
+
+async def test_what_ysyncd_shows_a_users_server_opens_no_other_server(
+    hub: ExampleHub,
+) -> None:
+    """mallory records what her server receives. What ysyncd presents there
+    to resolve and save her notebook opens neither carol's server nor the
+    Hub's API: it is mallory's own glue secret, which she had already."""
+    for user in ("mallory", "carol"):
+        await hub.create_user(user)
+    home = hub.data / "home" / "mallory"
+    (home / ".jupyter").mkdir(parents=True)
+    seen_file = home / "seen.jsonl"
+    (home / ".jupyter" / "jupyter_server_config.py").write_text(
+        _RECORDER.format(path=str(seen_file))
+    )
+    async with contextlib.AsyncExitStack() as cleanup:
+        mallory = Browser(hub, (await hub.new_token("mallory"))[0], "mallory")
+        cleanup.push_async_callback(mallory.http.aclose)
+        for user in ("mallory", "carol"):
+            await hub.start_server(user, timeout=120)
+            cleanup.push_async_callback(hub.stop_server, user)
+
+        notebook = nbformat.v4.new_notebook()
+        notebook.cells.append(nbformat.v4.new_markdown_cell("mine", id="mine"))
+        resp = await mallory.http.put(
+            "api/contents/m.ipynb", json={"type": "notebook", "content": notebook}
+        )
+        assert resp.status_code == 201, resp.text
+        opened = await mallory.session("m.ipynb")
+        assert opened.status_code in (200, 201), opened.text
+        async with JupyterClient.connect(
+            mallory.ws_url,
+            mallory.room(opened.json()),
+            additional_headers=mallory.headers,
+        ) as client:
+            append(source_of(client, 0), "!")
+            await client.wait_confirmed()
+            assert await client.save(1) == "success"
+
+        def from_ysyncd() -> list[dict[str, Any]]:
+            """What mallory's server got that her browser did not send."""
+            if not seen_file.exists():
+                return []
+            entries = [json.loads(line) for line in seen_file.read_text().splitlines()]
+            return [
+                e
+                for e in entries
+                if ("fileid" in e["path"] or "/contents/" in e["path"])
+                and e["headers"].get("Authorization")
+                != mallory.headers["Authorization"]
+            ]
+
+        await wait_until(
+            lambda: (
+                any("fileid" in e["path"] for e in from_ysyncd())
+                and any("/contents/" in e["path"] for e in from_ysyncd())
+            ),
+            "ysyncd's file id and contents requests at mallory's server",
+            timeout=10,
+        )
+        presented = {
+            value.split(" ", 1)[-1]
+            for entry in from_ysyncd()
+            for name, value in entry["headers"].items()
+            if name.title() in CREDENTIAL_HEADERS
+        }
+        assert presented, "ysyncd presented no credential at all"
+        await _assert_opens_nothing_else(hub, presented)
+        master = (hub.data / "ysyncd-glue.secret").read_bytes()
+        assert presented == {namespace_secret(master, "mallory")}
+
+
+async def _assert_opens_nothing_else(hub: ExampleHub, credentials: set[str]) -> None:
+    """Each of ``credentials``, presented every way ysyncd could, is refused
+    by carol's server and by the Hub's API."""
+    async with httpx.AsyncClient(
+        base_url=hub.public_url, trust_env=False, timeout=scaled(20)
+    ) as http:
+        for credential in credentials:
+            attempts = {
+                "/user/carol/api/contents/": {"Authorization": f"token {credential}"},
+                "/hub/api/user": {"Authorization": f"token {credential}"},
+                "/user/carol/api/ysyncd/contents/": {"X-Ysyncd-Glue": credential},
+            }
+            for path, headers in attempts.items():
+                resp = await http.get(path, headers=headers)
+                assert resp.status_code in (401, 403), (path, resp.status_code)
 
 
 async def _share_and_unshare(

@@ -85,6 +85,12 @@ class Settings:
         "process crash only.",
         choices=("full", "normal"),
     )
+    sqlite_busy_timeout: float = _setting(
+        5.0,
+        "Seconds to wait for another process's lock on the database before "
+        "giving up; at start-up, before refusing to start.",
+        minimum=0,
+    )
     commit_batch_max: int = _setting(
         4096,
         "Most updates committed in one SQLite transaction (group commit).",
@@ -126,6 +132,31 @@ class Settings:
         16 * MiB,
         "Close a peer with 1013 once this many bytes wait unsent to it.",
         minimum=1024,
+    )
+    drain_timeout: float = _setting(
+        30.0,
+        "Seconds a peer has to receive what waits unsent to it; one that does "
+        "not (it stopped reading) is dropped, and its buffer freed.",
+        minimum=0.5,
+    )
+    max_handshakes: int = _setting(
+        256,
+        "Most connections in their opening handshake at once; more are dropped "
+        "unread, so half-open handshakes cannot pin memory.",
+        minimum=1,
+    )
+    max_nesting_depth: int = _setting(
+        64,
+        "Deepest nesting an update may hold: JSON and Any values, and shared "
+        "types that one update nests; deeper closes the peer with 1008.",
+        minimum=8,
+        maximum=10_000,
+    )
+    apply_seconds_per_mib: float = _setting(
+        2.0,
+        "CPU seconds applying one update may take, per MiB of it (1 s at "
+        "least); a costlier one is undone and closes its peer with 1008.",
+        minimum=0.1,
     )
     awareness_timeout: float = _setting(
         30.0,
@@ -241,8 +272,24 @@ class Settings:
     )
     jupyter_token: str = _setting(
         "",
-        "Token for --jupyter-url; $JUPYTERHUB_API_TOKEN when unset.",
-        fallback_env="JUPYTERHUB_API_TOKEN",
+        "Token ysyncd presents to --jupyter-url (--jupyter-credentials token). "
+        "Never taken from $JUPYTERHUB_API_TOKEN: a service's Hub token must not "
+        "reach a server that runs a user's code.",
+    )
+    jupyter_credentials: str = _setting(
+        "token",
+        "What ysyncd presents to --jupyter-url: token (--jupyter-token, for "
+        "one Jupyter server with its own token; refused when the URL names a "
+        "server per namespace) or glue (each server's own glue secret, derived "
+        "from --glue-secret-file; needs the ysyncd.jupyter extension on every "
+        "server).",
+        choices=("token", "glue"),
+    )
+    jupyter_allow_hidden: bool = _setting(
+        False,
+        "Let --jupyter-files fs read and write hidden files (a name starting "
+        "with a dot, anywhere in the path), as Jupyter's "
+        "ContentsManager.allow_hidden does; off, they are missing files.",
     )
     save_delay: float = _setting(
         1.0,

@@ -6,17 +6,20 @@ environment holding ``ysyncd[jupyter]``, ``jupyterhub``, ``jupyterlab``,
 ``configurable-http-proxy`` (npm) on the PATH. Then sign in at
 http://127.0.0.1:8000 as anyone (any password: DummyAuthenticator).
 
-- **ysyncd is a managed Hub service.** The Hub starts it, restarts it with
-  itself, and gives it an API token (``$JUPYTERHUB_API_TOKEN``) whose role may
-  reach every user's server: ysyncd reads and writes notebooks through their
-  Contents API (``--jupyter-files contents``), so it needs no access to the
-  users' disks and runs anywhere the proxy is reachable.
+- **ysyncd is a managed Hub service.** The Hub starts it and restarts it
+  with itself. ysyncd reads and writes notebooks through each user's server
+  (``--jupyter-files contents``, via the proxy), so it needs no access to the
+  users' disks and runs anywhere the proxy is reachable. It holds no Hub
+  token for that: a user's server runs the user's code, which sees every
+  request the server gets, so ysyncd shows each server only that server's
+  own glue secret (``--jupyter-credentials glue``), which the server holds
+  already. Its service has no role.
 - **Single-user servers run the ysyncd.jupyter extension**, enabled by the
   ``jupyter_server_config.d/ysyncd.json`` that ``ysyncd[jupyter]`` installs.
   The browser talks to its own server only; the extension checks the user's
   permissions and pipes the room sockets to ysyncd with its server's own
   glue secret, derived from the master secret that only the Hub and ysyncd
-  read.
+  read. It serves ysyncd's file requests for that same secret only.
 - **Users may share their servers** (``shares!user``): once alice shares hers
   with bob, bob opens her notebooks and edits them with her, live.
 
@@ -42,9 +45,9 @@ Every value a deployment changes comes from the environment:
 - ``EXAMPLE_GLUE_SECRET_FILE``: the master secret of ysyncd, from which
   each single-user server's own is derived (made in the data directory if
   absent);
-- ``EXAMPLE_YSYNCD_URL`` and ``EXAMPLE_YSYNCD_TOKEN``: set both when ysyncd
-  runs elsewhere (its own container, a sidecar): the Hub then only registers
-  it, with that API token, and single-user servers dial that URL.
+- ``EXAMPLE_YSYNCD_URL``: set it when ysyncd runs elsewhere (its own
+  container, a sidecar), with the options below: the Hub then does not start
+  it, and single-user servers dial that URL.
 """
 
 import os
@@ -104,33 +107,30 @@ proxy_path = public.path.rstrip("/")
 users_url = f"{public.scheme}://{proxy_host}:{proxy_port}{proxy_path}/user"
 
 YSYNCD_URL = os.environ.get("EXAMPLE_YSYNCD_URL") or f"ws://127.0.0.1:{YSYNCD_PORT}"
-if os.environ.get("EXAMPLE_YSYNCD_URL"):
-    # Run elsewhere (compose.yaml, kubernetes-sidecar.yaml), with the same
-    # options as below and this token as --jupyter-token.
-    ysyncd = {"name": "ysyncd", "api_token": os.environ["EXAMPLE_YSYNCD_TOKEN"]}
-else:
-    ysyncd = {
-        "name": "ysyncd",
-        # The Hub's own Python: ysyncd is installed next to it.
-        "command": [
-            sys.executable,
-            "-m",
-            "ysyncd",
-            "serve",
-            *("--host", "127.0.0.1", "--port", str(YSYNCD_PORT)),
-            *("--db", str(DATA / "ysyncd.db")),
-            *("--auth", "glue", "--glue-secret-file", str(SECRET_FILE)),
-            *("--jupyter-files", "contents"),
-            # {owner} and {server} come from each room's path; the service's
-            # own token ($JUPYTERHUB_API_TOKEN) signs the requests.
-            *("--jupyter-url", users_url + "/{owner}/{server}/"),
-        ],
-    }
-# No "url" either way: browsers never reach ysyncd, only single-user servers.
-c.JupyterHub.services = [ysyncd]
+YSYNCD_COMMAND = [
+    # The Hub's own Python: ysyncd is installed next to it.
+    sys.executable,
+    "-m",
+    "ysyncd",
+    "serve",
+    *("--host", "127.0.0.1", "--port", str(YSYNCD_PORT)),
+    *("--db", str(DATA / "ysyncd.db")),
+    *("--auth", "glue", "--glue-secret-file", str(SECRET_FILE)),
+    *("--jupyter-files", "contents"),
+    # {owner} and {server} come from each room's path. Each server is shown
+    # its own glue secret, never a token that would open the others.
+    *("--jupyter-url", users_url + "/{owner}/{server}/"),
+    *("--jupyter-credentials", "glue"),
+]
+# Run elsewhere (compose.yaml, kubernetes-sidecar.yaml), ysyncd needs nothing
+# from the Hub. No "url" either way: browsers never reach ysyncd, only
+# single-user servers do.
+c.JupyterHub.services = (
+    []
+    if os.environ.get("EXAMPLE_YSYNCD_URL")
+    else [{"name": "ysyncd", "command": YSYNCD_COMMAND}]
+)
 c.JupyterHub.load_roles = [
-    # ysyncd reads and saves notebooks in every user's server.
-    {"name": "ysyncd", "services": ["ysyncd"], "scopes": ["access:servers"]},
     # Users may share their servers with others, named (POST
     # /hub/api/shares/{user}/ needs both scopes) or by a share code.
     {"name": "user", "scopes": ["self", "shares!user", "read:users:name"]},

@@ -9,7 +9,9 @@ cookie secret.
 ``--delegate-url`` may hold ``{owner}`` and ``{server}``, filled from the
 room's namespace (e.g. ``http://hub:8000/user/{owner}/{server}``), so each
 room is checked by the server it belongs to, and the grant opens that
-server's rooms only.
+server's rooms only. They may stand in the URL's path only, and are filled
+in as escaped path segments (:mod:`ysyncd.jupyter.urls`): a user's name
+never picks the host the request, with its token or cookie, goes to.
 
 Jupyter names its login cookie after the host and port the browser used, so
 for cookie sign-in the delegate URL must use them too (or the Jupyter server
@@ -31,6 +33,7 @@ from websockets.http11 import Request
 from ysyncd.auth.base import ANYONE, Grant, cookie_of, digest, token_of
 from ysyncd.auth.remote import Remote
 from ysyncd.errors import AuthUnavailable, Forbidden, Unauthorized
+from ysyncd.jupyter.urls import check_url_template, fill, has_placeholders
 from ysyncd.namespaces import Namespace, PathPattern
 
 __all__ = ["DelegateAuth"]
@@ -59,9 +62,10 @@ class DelegateAuth(Remote):
     ) -> None:
         if not url:
             raise ValueError("--auth delegate needs --delegate-url")
+        check_url_template(url, "--delegate-url")
         super().__init__(cache_seconds)
         self.url = url
-        self.per_server = "{owner}" in url or "{server}" in url
+        self.per_server = has_placeholders(url)
         self.pattern = pattern
         self.allowed_origins = allowed_origins
 
@@ -71,9 +75,11 @@ class DelegateAuth(Remote):
         namespace = self.pattern.namespace(room)
         if namespace is None:
             raise Forbidden("the room is not in a Jupyter server's namespace")
-        return _join(self.url.format(owner=namespace.owner, server=namespace.server)), (
-            namespace
-        )
+        try:
+            url = fill(self.url, namespace.owner, namespace.server)
+        except ValueError as exc:
+            raise Forbidden(str(exc)) from None
+        return _join(url), namespace
 
     async def authorize(self, request: Request, room: str) -> Grant:
         token, cookie = token_of(request), cookie_of(request)

@@ -6,8 +6,9 @@ keeps no document state itself. Two endpoints, under the server's base URL:
 
 - ``PUT api/collaboration/session/{path}`` with ``{"format", "type"}``: the
   file's id from jupyter_server_fileid (**200** if it had one, **201** if it
-  was just indexed, **404** if the ContentsManager has no such file: with
-  fileid's default manager, jupyter-server-ydoc would index it) and, as the
+  was just indexed, **404** if the ContentsManager has no such file, or
+  hides it as the Contents API does, ``allow_hidden`` off: with fileid's
+  default manager, jupyter-server-ydoc would index either) and, as the
   ``sessionId``, the epoch of ysyncd's store (``GET /_ysyncd/epoch``). Unlike
   jupyter-server-ydoc it needs ``read`` on ``contents``, not ``write``: an id
   is about reading a file, and read-only users must be able to open one.
@@ -25,7 +26,10 @@ keeps no document state itself. Two endpoints, under the server's base URL:
   could, is closed with **4403**.
 
 ysyncd resolves file ids itself (``--jupyter-url``, this server's
-``api/fileid/path``) and polls the files of its rooms. The extension listens
+``api/fileid/path``) and polls the files of its rooms. With
+``--jupyter-credentials glue`` it does so at this extension's
+``api/ysyncd/...`` endpoints instead, presenting this server's own glue
+secret rather than a token (see serverfiles.py). The extension listens
 to the contents events (save, upload, rename, delete) and tells ysyncd at once
 (``GET /_ysyncd/changed/{namespace}``), so a rename, a delete or a save made
 outside JupyterLab shows up in the room without waiting for the next poll.
@@ -54,7 +58,7 @@ import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
@@ -62,19 +66,18 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import ensure_async
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import (
     WebSocketClientConnection,
     WebSocketClosedError,
-    WebSocketError,
     WebSocketHandler,
-    websocket_connect,
 )
 from traitlets import Float, Int, TraitError, Unicode, default, validate
 
 from ysyncd.auth.recheck import REVOKED
 from ysyncd.config import MiB
+from ysyncd.jupyter import serverfiles
 from ysyncd.jupyter.access import AccessCheck, credentials_of
+from ysyncd.jupyter.glue import Glue, log_failure
 
 __all__ = ["Glue", "RoomHandler", "SessionHandler", "YsyncdExtension"]
 
@@ -84,9 +87,6 @@ log = logging.getLogger("ysyncd.jupyter.extension")
 _SENDABLE = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
 #: Close code and reason when ysyncd's socket ends without a close frame.
 LOST = (1011, "ysyncd connection lost")
-#: ysyncd's HTTP refusals that say something about the request, passed on;
-#: any other (401: a wrong secret) is this server's problem: 502.
-_RELAYED_STATUSES = frozenset({400, 403, 404, 503})
 #: jupyter_server's contents events, and those that change a file.
 CONTENTS_EVENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 _CHANGES = frozenset({"save", "upload", "rename", "delete"})
@@ -103,150 +103,6 @@ def relayable(code: int | None, reason: str | None) -> tuple[int | None, str | N
     if any(code in codes for codes in _SENDABLE):
         return code, reason
     return 1011, reason
-
-
-class Glue:
-    """How this Jupyter server reaches ysyncd: URLs, the secret, the epoch."""
-
-    def __init__(
-        self,
-        ysyncd_url: str,
-        secret: str,
-        namespace: str,
-        *,
-        timeout: float = 10.0,
-        max_message_bytes: int = 32 * MiB,
-    ) -> None:
-        self.ysyncd_url = ysyncd_url.rstrip("/")
-        self.secret = secret
-        self.namespace = namespace
-        self.timeout = timeout
-        self.max_message_bytes = max_message_bytes
-        scheme, _, rest = self.ysyncd_url.partition(":")
-        http = "https" if scheme == "wss" else "http"
-        self.epoch_url = f"{http}:{rest}/_ysyncd/epoch"
-        self.changed_url = f"{http}:{rest}/_ysyncd/changed/{namespace}"
-        self._epoch: str | None = None
-        self._epoch_lock = asyncio.Lock()
-        self._notifier: asyncio.Task[None] | None = None
-        self._changed_again = False
-
-    # --- the session id ---------------------------------------------------------
-
-    async def epoch(self) -> str:
-        """ysyncd's store epoch: fetched once, then cached until :meth:`forget`."""
-        if self._epoch is None:
-            async with self._epoch_lock:
-                if self._epoch is None:
-                    self._epoch = await self._fetch_epoch()
-        return self._epoch
-
-    def forget(self, epoch: str) -> None:
-        """ysyncd told a client ``epoch`` is unknown: fetch it again next time.
-
-        Its store was wiped and has a new epoch; handing out the old one would
-        send every browser into a reload loop.
-        """
-        if epoch and epoch == self._epoch:
-            log.info("ysyncd's epoch changed; fetching it again")
-            self._epoch = None
-
-    async def _fetch_epoch(self) -> str:
-        request = HTTPRequest(
-            self.epoch_url,
-            connect_timeout=self.timeout,
-            request_timeout=self.timeout,
-            follow_redirects=False,
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except (OSError, HTTPClientError) as exc:  # refused, reset, timed out
-            log.warning("GET %s: %s", self.epoch_url, exc)
-            raise web.HTTPError(503, "ysyncd is not reachable") from None
-        epoch = None
-        if response.code == 200:
-            try:
-                epoch = json.loads(response.body).get("epoch")
-            except (ValueError, AttributeError):
-                epoch = None
-        if not isinstance(epoch, str) or not epoch:
-            log.warning("GET %s: HTTP %d, no epoch", self.epoch_url, response.code)
-            raise web.HTTPError(503, "ysyncd did not give its epoch")
-        return epoch
-
-    # --- files changed -----------------------------------------------------------
-
-    def files_changed(self) -> None:
-        """Tell ysyncd that files changed; events that come meanwhile share
-        the next request, so a burst of them costs two requests at most."""
-        self._changed_again = True
-        if self._notifier is None or self._notifier.done():
-            self._notifier = asyncio.create_task(self._notify())
-            self._notifier.add_done_callback(_log_failure)
-
-    async def _notify(self) -> None:
-        while self._changed_again:
-            self._changed_again = False
-            request = HTTPRequest(
-                self.changed_url,
-                headers={
-                    "Authorization": f"Bearer {self.secret}",
-                    "X-Ysyncd-Write": "1",  # asked as the rooms' writer
-                },
-                connect_timeout=self.timeout,
-                request_timeout=self.timeout,
-                follow_redirects=False,
-            )
-            try:
-                response = await AsyncHTTPClient().fetch(request, raise_error=False)
-            except (OSError, HTTPClientError) as exc:
-                # ysyncd's own poll finds the change a little later.
-                log.warning("GET %s: %s", self.changed_url, exc)
-                continue
-            if response.code != 200:
-                log.warning("GET %s: HTTP %d", self.changed_url, response.code)
-
-    # --- the room socket --------------------------------------------------------
-
-    def room_url(self, room: str, query: str) -> str:
-        """ysyncd's URL for ``room``; the browser's query without its token."""
-        params = parse_qsl(query, keep_blank_values=True)
-        kept = urlencode([(k, v) for k, v in params if k != "token"])
-        path = f"{self.namespace}/api/collaboration/room/{quote(room, safe=':@')}"
-        return f"{self.ysyncd_url}/{path}" + (f"?{kept}" if kept else "")
-
-    async def connect(
-        self, room: str, query: str, user: str, write: bool
-    ) -> WebSocketClientConnection:
-        """Open ysyncd's side of a room socket, or raise an :class:`HTTPError`.
-
-        The errors carry a reason but no log message: tornado would log the
-        request's URL with it, and the browser's ``?token=`` in it.
-        """
-        request = HTTPRequest(
-            self.room_url(room, query),
-            headers={
-                "Authorization": f"Bearer {self.secret}",
-                # For ysyncd's logs only; ASCII, whatever the user name.
-                "X-Ysyncd-User": quote(user, safe="@~+"),
-                "X-Ysyncd-Write": "1" if write else "0",
-            },
-            connect_timeout=self.timeout,
-            request_timeout=self.timeout,
-        )
-        try:
-            return await websocket_connect(
-                request, max_message_size=self.max_message_bytes
-            )
-        except HTTPClientError as exc:
-            # ysyncd answered without upgrading (or 599: timed out).
-            log.warning("ysyncd refused room %r: %s", room, exc)
-            if exc.code in _RELAYED_STATUSES:
-                raise web.HTTPError(exc.code, reason="Refused by ysyncd") from None
-            raise web.HTTPError(502, reason="Refused by ysyncd") from None
-        except (OSError, WebSocketError) as exc:  # refused, reset; not a socket
-            log.warning("ysyncd is not reachable for room %r: %s", room, exc)
-            raise web.HTTPError(502, reason="ysyncd not reachable") from None
 
 
 async def _allowed(handler: JupyterHandler, action: str) -> bool:
@@ -284,7 +140,10 @@ class SessionHandler(APIHandler):
         # jupyter_server_fileid's default manager indexes any path, even one
         # with no file behind it: ask the ContentsManager first.
         contents: Any = self.contents_manager  # sync or async: untyped
-        if not await ensure_async(contents.file_exists(path)):
+        # Hidden files are missing, as GET api/contents says (and first).
+        if await serverfiles.is_hidden(contents, path) or not await ensure_async(
+            contents.file_exists(path)
+        ):
             raise web.HTTPError(404, f"File {path!r} does not exist")
         session = await self.glue.epoch()
         file_id, status = ids.get_id(path), 200
@@ -358,7 +217,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(log_failure)
         self._tasks.append(task)
 
     async def on_message(self, message: str | bytes) -> None:
@@ -428,11 +287,6 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             if (code, reason) == LOST:
                 code, reason = 1001, "browser gone"
             upstream.close(code, reason)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("piping a room socket failed", exc_info=exc)
 
 
 class YsyncdExtension(ExtensionApp):
@@ -586,5 +440,6 @@ class YsyncdExtension(ExtensionApp):
                     SessionHandler,
                     {"glue": self.glue},
                 ),
+                *serverfiles.handlers(self.glue.accepts),
             ]
         )
