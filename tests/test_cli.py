@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+import pytest
 from click.testing import CliRunner
 
-from ysyncd import __version__
+from ysyncd import __version__, cli, logs
 from ysyncd.cli import main, settings_options
 from ysyncd.config import Settings, describe
 
@@ -63,3 +68,35 @@ def test_version_via_python_dash_m() -> None:
         timeout=60,
     )
     assert __version__ in out.stdout
+
+
+def test_only_failures_to_start_are_one_liners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError before the server listens is one line (exit 2); after, a crash."""
+    raised_after_listening = False
+
+    async def fake_server(
+        settings: Settings,
+        stop: asyncio.Event,
+        *,
+        on_listening: Callable[[str, int], None],
+        **_: Any,
+    ) -> None:
+        if raised_after_listening:
+            on_listening(settings.host, settings.port)
+        raise OSError(errno.EADDRINUSE, "error while attempting to bind")
+
+    # The real ones would bind a port and set up this process's logging and GC.
+    monkeypatch.setattr(cli, "run_server", fake_server)
+    monkeypatch.setattr(cli, "_tune_gc", lambda: None)
+    monkeypatch.setattr(logs, "configure", lambda level: None)
+    args = ["serve", "--port", "1234", "--loop", "asyncio"]
+    args += ["--db", str(tmp_path / "y.db")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr == "ysyncd: --port 1234: address already in use (127.0.0.1)\n"
+    raised_after_listening = True
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, OSError)

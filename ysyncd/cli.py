@@ -2,22 +2,28 @@
 
 Options are generated from the Settings fields, so the CLI, the ``YSYNCD_*``
 environment variables and the README table cannot drift apart.
+
+A failure to start that a person can fix (a port in use, a database that is
+not ysyncd's) is printed as one line naming the flag, with exit status 2; see
+:func:`_startup_message`. A crash once the server listens keeps its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import click
@@ -25,6 +31,8 @@ import click
 from ysyncd import __version__, logs
 from ysyncd.auth import Authorizer, build_authorizer
 from ysyncd.config import Setting, Settings, describe, settings_table
+from ysyncd.errors import StoreOpenError
+from ysyncd.jupyter.files import open_files
 from ysyncd.server import serve as run_server
 from ysyncd.server import tls_context
 
@@ -46,6 +54,9 @@ def _click_type(setting: Setting) -> Any:
     if setting.type is float:
         return click.FloatRange(setting.minimum, setting.maximum)
     if setting.type in (Path, Path | None):
+        if setting.name == "db":
+            # The store checks it, and says what is wrong in one line.
+            return click.Path(path_type=Path, readable=False)
         return click.Path(path_type=Path, dir_okay=False)
     return str
 
@@ -93,11 +104,20 @@ def serve(**options: Any) -> None:
             settings.host,
         )
     try:
+        _check_jupyter_files(settings)
         authorizer = build_authorizer(settings)
         tls = tls_context(settings)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
     sys.exit(_run(_serve(settings, authorizer, tls), settings.loop))
+
+
+def _check_jupyter_files(settings: Settings) -> None:
+    """Refuse unusable --jupyter-* settings now, in one line, rather than in a
+    traceback from inside the server (which opens them again)."""
+    files = open_files(settings)
+    if files is not None:
+        asyncio.run(files.aclose())
 
 
 def _is_loopback(host: str) -> bool:
@@ -136,6 +156,46 @@ def _as_hub_service(settings: Settings, ctx: click.Context) -> Settings:
 def show_settings() -> None:
     """Print the settings table (Markdown), as the README shows it."""
     click.echo(settings_table(), nl=False)
+
+
+class StartupError(click.ClickException):
+    """ysyncd cannot start, for a reason the person starting it can fix.
+
+    Shown as one line, ``ysyncd: --flag value: reason``, with click's exit
+    status for bad usage (2): nothing crashed, so there is no traceback.
+    """
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"ysyncd: {self.format_message()}", file=file, err=file is None)
+
+
+def _startup_message(exc: BaseException, settings: Settings) -> str | None:
+    """The one line for a failure to start, or None if it is not one we know.
+
+    Binding errors come from websockets' ``serve`` (asyncio's ``create_server``)
+    and store errors from its open, perhaps wrapped in a task group's
+    exception group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    host = settings.host or "every interface"
+    if isinstance(exc, StoreOpenError):
+        return f"--db {exc.path}: {exc.reason}"
+    if isinstance(exc, socket.gaierror):
+        reason = (exc.strerror or str(exc)).lower()
+        return f"--host {settings.host}: does not resolve ({reason})"
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno == errno.EADDRINUSE:
+        return f"--port {settings.port}: address already in use ({host})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {settings.host}: address not available on this machine"
+    if exc.errno == errno.EACCES:
+        hint = "; ports below 1024 need privileges" if settings.port < 1024 else ""
+        return f"--port {settings.port}: permission denied ({host}){hint}"
+    return None
 
 
 def _run(main: Coroutine[Any, Any, int], choice: str) -> int:
@@ -177,10 +237,23 @@ async def _serve(
         log.info("%s received: shutting down", signal.Signals(signum).name)
         stop.set()
 
+    listening = False
+
+    def on_listening(host: str, port: int) -> None:
+        nonlocal listening
+        listening = True
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await run_server(settings, stop, authorizer=authorizer, tls=tls)
+        await run_server(
+            settings, stop, on_listening=on_listening, authorizer=authorizer, tls=tls
+        )
+    except Exception as exc:
+        message = None if listening else _startup_message(exc, settings)
+        if message is None:
+            raise
+        raise StartupError(message) from exc
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

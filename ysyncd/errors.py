@@ -17,7 +17,10 @@ The tree::
     │   ├── Forbidden            good credentials, but not for this room (403)
     │   └── AuthUnavailable      the auth backend could not be asked (503)
     └── StoreError               the store failed or holds data we cannot read
-        └── SchemaError          the database was written by a newer ysyncd
+        └── StoreOpenError       the store cannot be opened (one line: path, reason)
+            ├── SchemaError      the database was written by a newer ysyncd
+            ├── ForeignDatabase  a SQLite file that another program made
+            └── StoreInUse       another ysyncd serves the same database
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ __all__ = [
     "BadRequest",
     "DecodeError",
     "Forbidden",
+    "ForeignDatabase",
     "InvalidRoomName",
     "InvalidUpdate",
     "PolicyViolation",
     "ProtocolError",
     "SchemaError",
     "StoreError",
+    "StoreInUse",
+    "StoreOpenError",
     "TooLarge",
     "Unauthorized",
     "UnknownMessageType",
@@ -48,6 +54,9 @@ class YsyncdError(Exception):
 
 class ProtocolError(YsyncdError):
     """A peer broke the protocol; its connection is closed, nothing else is."""
+
+    #: The limit it passed, as /metrics counts it; None for plain bad input.
+    limit: str | None = None
 
 
 class DecodeError(ProtocolError):
@@ -111,5 +120,29 @@ class StoreError(YsyncdError):
     """The update store failed."""
 
 
-class SchemaError(StoreError):
+class StoreOpenError(StoreError):
+    """The store cannot be opened; :attr:`reason` says why, in a few words.
+
+    The server cannot start without its store, so the CLI prints the path and
+    the reason as one line rather than a traceback.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)  # both, so that it pickles
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class SchemaError(StoreOpenError):
     """The database schema is newer than this version of ysyncd understands."""
+
+
+class ForeignDatabase(StoreOpenError):
+    """A SQLite database with tables that ysyncd did not create; left untouched."""
+
+
+class StoreInUse(StoreOpenError):
+    """Another ysyncd holds the database's lock: two would split every room."""

@@ -22,8 +22,17 @@ __all__ = [
 ]
 
 
-async def open_store(db: Path | str, *, synchronous: str = "full") -> UpdateStore:
-    """Open ``memory://`` as a :class:`MemoryStore`, anything else as SQLite."""
+async def open_store(
+    db: Path | str, *, synchronous: str = "full", busy_timeout: float = 5.0
+) -> UpdateStore:
+    """Open ``memory://`` as a :class:`MemoryStore`, anything else as SQLite.
+
+    Raises:
+        StoreOpenError: the database cannot be served; see
+            :meth:`SQLiteStore.open`.
+    """
     if str(db) == "memory://":
         return MemoryStore()
-    return await SQLiteStore.open(Path(db), synchronous=synchronous)
+    return await SQLiteStore.open(
+        Path(db), synchronous=synchronous, busy_timeout=busy_timeout
+    )

@@ -15,14 +15,22 @@ each, so each costs one hop to aiosqlite's thread: an append is a single
 multi-row ``INSERT`` (one statement, so one atomic transaction), and a load is
 a single ``SELECT`` (so it sees one consistent snapshot). Compaction and
 migrations open explicit transactions.
+
+One ysyncd at a time serves a database: it holds an exclusive ``flock`` on
+``<db>-lock`` next to it for the life of the store (see :func:`_lock`). Two
+servers on one file would each keep their own copy of a room, and their
+clients would never see each other's edits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import logging
+import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,15 +39,22 @@ from pathlib import Path
 import aiosqlite
 import anyio
 
-from ysyncd.errors import SchemaError, StoreError
-from ysyncd.store.base import Compaction, StoredRoom
-from ysyncd.store.snapshot import build_snapshot
+from ysyncd.errors import (
+    ForeignDatabase,
+    SchemaError,
+    StoreError,
+    StoreInUse,
+    StoreOpenError,
+)
+from ysyncd.store.base import Build, Compaction, StoredRoom, build_here
 
 __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "SQLiteStore"]
 
 log = logging.getLogger("ysyncd.store")
 
 SCHEMA_VERSION = 1
+#: The tables every schema version since 1 has; a file without them is not ours.
+_TABLES = frozenset({"meta", "rooms", "updates"})
 _ROOM_ID_CACHE = 65_536
 #: Most updates in one append: two bound values a row, and SQLite allows 32,766
 #: per statement (the append must stay one statement to stay one transaction).
@@ -82,33 +97,66 @@ class SQLiteStore:
     """Durable update store in one SQLite file."""
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, epoch: str
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        epoch: str,
+        lock: int,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._epoch = epoch
+        self._lock = lock  # the fd holding the flock; see _lock()
         self._room_ids: dict[str, int] = {}
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "full") -> SQLiteStore:
-        """Open (creating and migrating if needed) the database at ``path``."""
+    async def open(
+        cls, path: Path, *, synchronous: str = "full", busy_timeout: float = 5.0
+    ) -> SQLiteStore:
+        """Open (creating and migrating if needed) the database at ``path``.
+
+        Args:
+            path: the database file; its folder must exist.
+            synchronous: SQLite's ``synchronous`` mode, ``full`` or ``normal``.
+            busy_timeout: seconds a statement waits for another process's
+                lock before it fails (at open: before giving up).
+
+        Raises:
+            StoreOpenError: ``path`` cannot be served, with the reason in a few
+                words: it cannot be opened, is not a SQLite database, is
+                corrupt, is another program's (:class:`ForeignDatabase`), has
+                a newer schema (:class:`SchemaError`), stays locked by another
+                process, or another ysyncd serves it (:class:`StoreInUse`).
+        """
         read_only_uri = _prepare(path)
-        writer = await aiosqlite.connect(path, isolation_level=None)
         try:
-            # Before any table exists, so that compaction can hand pages back.
-            await writer.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            await writer.execute("PRAGMA foreign_keys = ON")
-            epoch = await _migrate(writer)
-            reader = await aiosqlite.connect(
-                read_only_uri, uri=True, isolation_level=None
+            # aiosqlite.connect() reports a failed open from its thread after
+            # the loop may have closed, printing a traceback at exit
+            # (omnilib/aiosqlite#389), so a plain open finds the failure first.
+            await anyio.to_thread.run_sync(_try_open, path)
+            writer = await aiosqlite.connect(
+                path, isolation_level=None, timeout=busy_timeout
             )
-        except BaseException:
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc, busy_timeout) from exc
+        lock = -1
+        try:
+            # Read-only checks first: a file that is not ours stays unchanged.
+            await _check_owner(writer, path)
+            lock = _lock(path)
+            epoch = await _set_up(writer, path, synchronous)
+            reader = await aiosqlite.connect(
+                read_only_uri, uri=True, isolation_level=None, timeout=busy_timeout
+            )
+        except BaseException as exc:
             await writer.close()
+            if lock >= 0:
+                os.close(lock)
+            if isinstance(exc, sqlite3.Error):
+                raise _open_error(path, exc, busy_timeout) from exc
             raise
-        return cls(writer, reader, epoch)
+        return cls(writer, reader, epoch, lock)
 
     @property
     def epoch(self) -> str:
@@ -152,13 +200,13 @@ class SQLiteStore:
             self._room_ids[room] = room_id
         return room_id
 
-    async def compact(self, room: str) -> Compaction:
+    async def compact(self, room: str, build: Build = build_here) -> Compaction:
         try:
-            return await self._compact(room)
+            return await self._compact(room, build)
         except sqlite3.Error as exc:
             raise StoreError(f"compaction of room {room!r} failed: {exc}") from exc
 
-    async def _compact(self, room: str) -> Compaction:
+    async def _compact(self, room: str, build: Build) -> Compaction:
         started = time.perf_counter()
         # Read and build with no lock held, so appends go on meanwhile. Rows
         # are append-only and only a compaction (one at a time per room, see
@@ -175,8 +223,8 @@ class SQLiteStore:
             return Compaction(0, 0, 0, 0)
         updates = [data for _, data in rows]
         head = len(rows) - len(log_rows)
-        # CPU-bound; a worker thread keeps the event loop responsive.
-        snap = await anyio.to_thread.run_sync(build_snapshot, updates)
+        # CPU-bound: the server's build runs it in its worker process.
+        snap = await build(updates)
         kept = {log_rows[i - head][0] for i in snap.pending if i >= head}
         last_id = log_rows[-1][0]
         async with self._write_lock:
@@ -234,27 +282,164 @@ class SQLiteStore:
             raise
 
     async def aclose(self) -> None:
-        await self._reader.close()
-        await self._writer.close()
+        try:
+            await self._reader.close()
+            await self._writer.close()
+        finally:
+            # Only once the connections are closed may another ysyncd open it.
+            if self._lock >= 0:
+                os.close(self._lock)
+                self._lock = -1
 
 
 def _prepare(path: Path) -> str:
-    """Create the database's folder; return a read-only URI for the same file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Check the database's folder; return a read-only URI for the same file.
+
+    The folder is not created: that would turn a typo in the path into a new,
+    empty database.
+    """
+    folder = path.parent
+    try:
+        if not stat.S_ISDIR(os.stat(folder).st_mode):
+            raise StoreOpenError(str(path), f"{folder} is not a directory")
+        if path.is_dir():
+            raise StoreOpenError(str(path), "is a directory, not a database file")
+    except FileNotFoundError as exc:
+        raise StoreOpenError(str(path), f"directory {folder} does not exist") from exc
+    except OSError as exc:
+        raise StoreOpenError(str(path), _os_reason(exc)) from exc
     return path.resolve().as_uri() + "?mode=ro"
 
 
-async def _migrate(db: aiosqlite.Connection) -> str:
-    """Bring the schema up to :data:`SCHEMA_VERSION`; return the store epoch."""
-    rows = await db.execute_fetchall("PRAGMA user_version")
-    version = int(next(iter(rows))[0])
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"database schema version {version} is newer than this ysyncd "
-            f"understands ({SCHEMA_VERSION}); upgrade ysyncd"
+def _try_open(path: Path) -> None:
+    """Open and close ``path`` with SQLite: raise what the open raises."""
+    sqlite3.connect(path).close()
+
+
+def _lock(path: Path) -> int:
+    """Take the lock that lets one ysyncd at a time serve ``path``; return its fd.
+
+    An ``flock`` on a file next to the database rather than a lock on the
+    database itself: SQLite locks the database with POSIX (fcntl) locks, and a
+    process loses all of those when it closes any descriptor of that file. A
+    plain SQLite connection (a read-only worker, a backup) ignores this lock.
+    The lock file is never deleted: deleting it while another process is about
+    to lock it would let two servers each hold a lock on a different file.
+    """
+    lock_path = path.resolve().with_name(path.resolve().name + "-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        reason = f"cannot open its lock file {lock_path}: {_os_reason(exc)}"
+        raise StoreOpenError(str(path), reason) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise StoreInUse(str(path), f"in use by another ysyncd{pid}") from exc
+    except OSError as exc:
+        os.close(fd)
+        reason = f"cannot lock {lock_path}: {_os_reason(exc)}"
+        raise StoreOpenError(str(path), reason) from exc
+    # For the message above, in the next ysyncd that tries.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def _check_owner(db: aiosqlite.Connection, path: Path) -> None:
+    """Refuse a database of another program or of a newer ysyncd; only reads."""
+    version = await _user_version(db)
+    rows = await db.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )
+    tables = {str(name) for (name,) in rows}
+    if version > SCHEMA_VERSION and (not tables or "meta" in tables):
+        raise _newer_schema(path, version)
+    if version == 0 and not tables:
+        return  # a new or empty file: ours to set up
+    if version == 0 or not _TABLES <= tables:
+        others = sorted(tables - _TABLES)
+        listing = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        detail = (
+            f"it has other tables: {listing}"
+            if others
+            else f"user_version {version} but no ysyncd tables"
         )
+        raise ForeignDatabase(
+            str(path), f"not a ysyncd database ({detail}); left unchanged"
+        )
+
+
+async def _set_up(db: aiosqlite.Connection, path: Path, synchronous: str) -> str:
+    """Set the connection's pragmas and migrate; return the store epoch."""
+    # Before any table exists, so that compaction can hand pages back.
+    await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    await db.execute("PRAGMA foreign_keys = ON")
+    return await _migrate(db, path)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    rows = await db.execute_fetchall("PRAGMA user_version")
+    return int(next(iter(rows))[0])
+
+
+def _newer_schema(path: Path, version: int) -> SchemaError:
+    return SchemaError(
+        str(path),
+        f"database schema version {version} is newer than this ysyncd "
+        f"understands ({SCHEMA_VERSION}); upgrade ysyncd",
+    )
+
+
+def _open_error(path: Path, exc: sqlite3.Error, busy_timeout: float) -> StoreOpenError:
+    """Say in a few words why SQLite could not open the database at ``path``."""
+    code = exc.sqlite_errorcode & 0xFF  # the primary code of an extended one
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        reason = f"locked by another process (still locked after {busy_timeout:g} s)"
+    elif code == sqlite3.SQLITE_NOTADB:
+        reason = "not a SQLite database"
+    elif code == sqlite3.SQLITE_CORRUPT:
+        reason = f"corrupt SQLite database ({exc})"
+    elif code in (
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+    ):
+        reason = _access_reason(path, exc)
+    elif code == sqlite3.SQLITE_FULL:
+        reason = "the disk is full"
+    else:
+        reason = str(exc)
+    return StoreOpenError(str(path), reason)
+
+
+def _access_reason(path: Path, exc: sqlite3.Error) -> str:
+    """Why SQLite could not open or write the file: usually a permission."""
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied (ysyncd reads and writes it)"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite creates the file, and its -wal and -shm files, there.
+        return f"permission denied in directory {path.parent}"
+    return f"cannot open it ({exc})"
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> str:
+    """Bring the schema up to :data:`SCHEMA_VERSION`; return the store epoch."""
     await db.execute("BEGIN IMMEDIATE")
     try:
+        # Read inside the write transaction, so that it cannot change meanwhile.
+        version = await _user_version(db)
+        if version > SCHEMA_VERSION:
+            raise _newer_schema(path, version)
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
                 await db.execute(statement)
