@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import hostile, rooms  # noqa: F401 - fixtures
 from tests.serverproc import ServerProcess, running_server
 
 

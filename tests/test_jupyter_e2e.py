@@ -836,3 +836,99 @@ async def test_a_document_of_the_wrong_shape_is_repaired_not_fatal(
             async with JupyterClient.connect(server.url, bystander) as fine:
                 assert state_of(fine)["path"] == "bystander.ipynb"
             assert client.close_code is None
+
+
+def nest(parent: Map[Any], key: str, levels: int) -> Map[Any]:
+    """Put maps ``levels`` deep at ``parent[key]``, in one transaction (one
+    update), level by level (pycrdt integrates a nested prelim recursively);
+    return the deepest."""
+    assert parent.doc is not None
+    with parent.doc.transaction():
+        inner: Map[Any] = Map()
+        parent[key] = inner
+        for _ in range(levels - 1):
+            deeper: Map[Any] = Map()
+            inner["k"] = deeper
+            inner = deeper
+    return inner
+
+
+def map_depth(root: Map[Any]) -> int:
+    """How deeply shared maps nest under ``root`` (iterative, not to_py)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        shared, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((v, depth + 1) for v in shared.values() if isinstance(v, Map))
+    return deepest
+
+
+def depth_of(value: Any) -> int:
+    """How deeply plain data nests (iterative: it may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+    return deepest
+
+
+async def test_deep_nesting_is_refused_at_the_edit_or_cut_never_fatal(
+    jupyter: JupyterServer, tmp_path: Path
+) -> None:
+    """A map nested 1,000 deep in one 14 KB edit is refused (1008, not stored).
+    Nested as deep over many edits, it is cut back at the next read (the
+    autosave), recorded, and saved; the save before eviction, a restart and
+    the next load all go through, and the server process never ends."""
+    nb_file = await share(jupyter, "nb45.ipynb", "deeply-nested.ipynb")
+    args = [*ysyncd_args(jupyter, AUTOSAVE_S), "--room-idle-seconds", "0.5"]
+    async with running_server(tmp_path / "ysyncd.db", *args) as server:
+        assert server.proc is not None
+        pid = server.proc.pid
+        path = await ysyncd_path(server, nb_file.room_id)
+        async with (
+            JupyterClient.connect(server.url, path) as attacker,
+            JupyterClient.connect(server.url, path) as watcher,
+        ):
+            metadata = attacker.doc.get("meta", type=Map)["metadata"]
+            nest(metadata, "deep", 1000)
+            assert await attacker.wait_closed() == 1008
+            # Nothing of it was relayed: the watcher's next save comes first.
+            assert await watcher.save(1) == "success"
+            assert "deep" not in watcher.doc.get("meta", type=Map)["metadata"]
+        async with JupyterClient.connect(server.url, path) as writer:
+            metadata = writer.doc.get("meta", type=Map)["metadata"]
+            assert "deep" not in metadata
+            # The same depth over 16 edits of 63 levels each.
+            deepest = nest(metadata, "deep", 63)
+            for _ in range(15):
+                deepest = nest(deepest, "k", 63)
+            append(source_of(writer, 0), " after the deep edits")
+            await writer.wait_confirmed()
+            saved = await wait_for_file(
+                nb_file.disk,
+                lambda data: b"after the deep edits" in data,
+                "the autosave of the cut notebook",
+                timeout=30,
+            )
+            on_disk = json.loads(saved)
+            assert 1 < depth_of(on_disk["metadata"]["deep"]) <= 64
+            await writer.wait(
+                lambda: map_depth(writer.doc.get("meta", type=Map)["metadata"]) <= 65,
+                "the cut, recorded for every client",
+            )
+        assert server.proc.pid == pid and server.proc.returncode is None
+        # Evicted with a last save, then loaded again: no 1011.
+        await wait_until(
+            lambda: any("evicted" in line for line in server.log), "the eviction"
+        )
+        async with JupyterClient.connect(server.url, path) as again:
+            assert "after the deep edits" in str(source_of(again, 0))
+            assert again.close_code is None
+        await server.restart()
+        path = await ysyncd_path(server, nb_file.room_id)
+        async with JupyterClient.connect(server.url, path) as after_restart:
+            assert "after the deep edits" in str(source_of(after_restart, 0))
+        assert server.proc.returncode is None
+        assert not any("Traceback" in line for line in server.log), server.log

@@ -1,8 +1,11 @@
 """A y-websocket client for tests: a pycrdt Doc kept in sync over a real socket.
 
-It records what a test needs to assert on: whether every local update has been
-echoed back by the server (which means "durable"), the awareness states it
-sees, and the close code it got.
+It records what a test needs to assert on: whether every local update is
+durable on the server, the awareness states it sees, and the close code it
+got. A local update is confirmed (durable) once the server echoes it, or once
+everything it holds has come from the server anyway: the server neither
+stores nor echoes an update that adds nothing, such as a resync that repeats
+what it has (tests/js/yclient.mjs does the same with Y.snapshotContainsUpdate).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.timing import scaled
 from ysyncd import awareness, protocol
+from ysyncd.updates import Limits, shape_of
 
 
 class YClient:
@@ -31,6 +35,8 @@ class YClient:
         self.map = self.doc.get("map", type=Map)
         self.array = self.doc.get("array", type=Array)
         self.unconfirmed: set[bytes] = set()
+        #: Everything the server has sent: what it is known to hold.
+        self.server_view: Doc = Doc()
         self.sent_bytes = 0
         self.synced = asyncio.Event()
         self.awareness: dict[int, Any] = {}
@@ -119,11 +125,19 @@ class YClient:
         match message:
             case protocol.SyncStep1(state_vector):
                 diff = self.doc.get_update(state_vector)
+                await self._send(protocol.encode(protocol.SyncStep2(diff)))
                 if diff != b"\x00\x00":
                     self.unconfirmed.add(diff)
-                await self._send(protocol.encode(protocol.SyncStep2(diff)))
+                    # Ask for everything, after the diff: the answer fills
+                    # server_view with all the server holds, so what the
+                    # diff repeats (the server drops it) counts as confirmed.
+                    await self._send(protocol.encode(protocol.SyncStep1(b"\x00")))
             case protocol.SyncStep2(update) | protocol.Update(update):
                 self.unconfirmed.discard(update)
+                self.server_view.apply_update(update)
+                self.unconfirmed = {
+                    u for u in self.unconfirmed if not _contains(self.server_view, u)
+                }
                 self._remote = True
                 try:
                     self.doc.apply_update(update)
@@ -191,6 +205,30 @@ async def stored_content(url: str, room: str) -> dict[str, Any]:
     """The room's content as a fresh client sees it right now."""
     async with YClient.connect(url, room) as reader:
         return reader.content()
+
+
+def _contains(view: Doc, update: bytes) -> bool:
+    """Whether ``view`` holds every struct and deletion of ``update``."""
+    shape = shape_of(update, Limits(max_depth=2**62))
+    known = _clocks(view.get_state())
+    if any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()):
+        return False
+    if any(end > known.get(c, 0) for c, end in shape.deletes.items()):
+        return False
+    if not shape.delete_ranges:
+        return True
+    copy: Doc = Doc()
+    copy.apply_update(view.get_update())
+    deleted: list[TransactionEvent] = []
+    subscription = copy.observe(deleted.append)
+    copy.apply_update(update)
+    copy.unobserve(subscription)
+    return not deleted
+
+
+def _clocks(state: bytes) -> dict[int, int]:
+    reader = protocol.Reader(state)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
 
 
 def _uint(value: int) -> bytes:

@@ -92,10 +92,12 @@ def _is_removal(state_json: str) -> bool:
 class AwarenessStates:
     """Every client's awareness state in one room."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_all", "_entries")
 
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
+        # encode() of every live state, kept until a state changes.
+        self._all: bytes | None = None
 
     def __len__(self) -> int:
         return sum(1 for e in self._entries.values() if e.state is not None)
@@ -140,6 +142,7 @@ class AwarenessStates:
             ):
                 continue
             change.accepted.append((client_id, clock, state_json))
+            self._all = None
             self._entries[client_id] = _Entry(
                 clock, None if removal else state_json, now
             )
@@ -158,6 +161,7 @@ class AwarenessStates:
                 continue
             entry.state = None
             entry.last_seen = now
+            self._all = None
             removed.append((client_id, entry.clock, _NULL))
         return encode_entries(removed) if removed else None
 
@@ -178,6 +182,13 @@ class AwarenessStates:
         ]
         for cid in stale:
             del self._entries[cid]
+
+    def encode_all(self) -> bytes | None:
+        """Every live state as one update (or None), encoded once per change:
+        what a joiner and a query-awareness get."""
+        if self._all is None:
+            self._all = self.encode()
+        return self._all
 
     def encode(
         self, client_ids: Iterable[int] | None = None, *, removed: bool = False

@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 
 from ysyncd.errors import StoreError
 from ysyncd.store import Compaction, UpdateStore
+from ysyncd.store.base import Build, build_here
 
 __all__ = ["Committer", "Durable"]
 
@@ -76,11 +77,13 @@ class Committer:
         batch_max: int = 4096,
         queue_max: int = 65536,
         compact_after: int = 1000,
+        build: Build = build_here,
     ) -> None:
         self.store = store
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._compact_after = compact_after
+        self._build = build
         self._queue: deque[_Pending] = deque()
         # Per room in memory: log rows on disk, rows left by the last compaction
         # (rows it had to keep), rows that make it due; then the rooms due.
@@ -283,7 +286,7 @@ class Committer:
         try:
             if self._due(room) < 1 and room in self._log_rows:
                 return  # a compaction that ran meanwhile already did the work
-            result: Compaction = await self.store.compact(room)
+            result: Compaction = await self.store.compact(room, self._build)
         except Exception:  # the log is left as it was; the store rolled back
             log.exception("compaction of room %r failed; its log is kept", room)
             if room in self._log_rows:

@@ -1,10 +1,15 @@
-"""Keepalive: one task pings every connection.
+"""Keepalive: one task pings every connection; another drops non-readers.
 
 websockets' own keepalive runs a task per connection, which costs about
 1.6 KiB and a timer wake-up per idle connection. All connections share the
 same interval, so connections queue in FIFO order of their next ping, and
 one loop sends the pings that are due and drops the peers whose pong is late
 (close 1011, as websockets does).
+
+:class:`DrainWatch` watches peers with a backlog (see :mod:`ysyncd.peer`):
+what was waiting unsent when one was marked must have been sent
+``timeout`` seconds later, or the connection is dropped and its buffer freed.
+A reader that keeps up, however slowly, is marked afresh each time it does.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import logging
 import weakref
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from websockets.asyncio.server import ServerConnection
@@ -20,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
-__all__ = ["Keepalive"]
+__all__ = ["DrainWatch", "Keepalive"]
 
 log = logging.getLogger("ysyncd.keepalive")
 
@@ -92,3 +99,84 @@ class Keepalive:
 def _seen(pong: asyncio.Future[float]) -> None:
     if not pong.cancelled():
         pong.exception()
+
+
+class Drainable(Protocol):
+    """What :class:`DrainWatch` needs of a peer (see :class:`ysyncd.peer.Peer`)."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def unsent(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+# Control frames (pings, pongs) share the buffer but not ``written``.
+_SLACK = 1024
+
+
+class DrainWatch:
+    """Drop peers that do not receive what waits for them within ``timeout``."""
+
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        backlog: int = 64 * 1024,
+        on_drop: Callable[[], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.backlog = backlog
+        self._on_drop = on_drop
+        self._clock = clock
+        # Peer -> (when marked, bytes written by then). Weak: a peer that is
+        # gone must not stay in memory until its check.
+        self._marks: weakref.WeakKeyDictionary[Drainable, tuple[float, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def watch(self, peer: Drainable) -> None:
+        """Mark ``peer``, unless it is marked already."""
+        if peer not in self._marks:
+            self._marks[peer] = (self._now(), peer.written)
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        """Check the marked peers a few times per timeout, forever."""
+        while True:
+            await anyio.sleep(min(1.0, self.timeout / 4))
+            self.check(self._now())
+
+    def check(self, now: float) -> None:
+        for peer, (marked, target) in list(self._marks.items()):
+            if peer.closing:
+                del self._marks[peer]
+                continue
+            unsent = peer.unsent
+            if peer.written - unsent + _SLACK >= target:
+                # What waited at the mark has gone out: watch the rest, if any.
+                if unsent > self.backlog:
+                    self._marks[peer] = (now, peer.written)
+                else:
+                    del self._marks[peer]
+            elif now - marked >= self.timeout:
+                del self._marks[peer]
+                log.debug(
+                    "a peer received nothing for %.1f s: dropping it", now - marked
+                )
+                if self._on_drop is not None:
+                    self._on_drop()
+                peer.abort()

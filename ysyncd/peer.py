@@ -6,6 +6,12 @@ passes ``send_buffer_bytes`` has fallen behind and is closed with 1013 (try
 again later): the client reconnects and resyncs, and nobody else waits for it.
 This is websockets' own advice for fan-out (see its ``broadcast`` docs).
 
+A peer whose buffer holds more than :data:`BACKLOG_BYTES` is handed to a
+:class:`~ysyncd.keepalive.DrainWatch`, which drops it if what was waiting
+does not get out within ``--drain-timeout``: a peer that stopped reading
+would otherwise pin its buffer (a whole document, after a sync step 1) for
+ever, as the send-buffer limit only acts on a later write.
+
 Fan-out serialises each WebSocket frame once (with websockets' own ``Frame``)
 and writes the same bytes to every peer's transport; the updates one commit
 released go out as one write per peer. Server frames are not
@@ -44,6 +50,10 @@ log = logging.getLogger("ysyncd.peer")
 
 _ids = itertools.count(1)
 
+#: Unsent bytes past which a peer is watched for draining (websockets' own
+#: high-water mark for pausing writes).
+BACKLOG_BYTES = 64 * 1024
+
 
 def close_code_for(exc: ProtocolError) -> CloseCode:
     """The close code documented for each kind of bad input."""
@@ -78,7 +88,18 @@ def fan_out(peers: Iterable[Peer], messages: Sequence[bytes]) -> None:
 class Peer:
     """A connected client, as a room sees it."""
 
-    __slots__ = ("_closing", "_limit", "_on_slow", "conn", "dialect", "id", "read_only")
+    __slots__ = (
+        "__weakref__",
+        "_closing",
+        "_limit",
+        "_on_backlog",
+        "_on_slow",
+        "conn",
+        "dialect",
+        "id",
+        "read_only",
+        "written",
+    )
 
     def __init__(
         self,
@@ -88,6 +109,7 @@ class Peer:
         read_only: bool = False,
         send_buffer_bytes: int = 16 * 2**20,
         on_slow: Callable[[], None] | None = None,
+        on_backlog: Callable[[Peer], None] | None = None,
     ) -> None:
         self.id = next(_ids)
         self.conn = conn
@@ -95,10 +117,19 @@ class Peer:
         self.read_only = read_only
         self._limit = send_buffer_bytes
         self._on_slow = on_slow
+        self._on_backlog = on_backlog
         self._closing: asyncio.Task[None] | None = None
+        #: Bytes of frames written to the transport so far.
+        self.written = 0
 
     def __repr__(self) -> str:
         return f"<Peer {self.id}>"
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection is closing: nothing more is sent to it,
+        and nothing it sent is acted on."""
+        return self._closing is not None or self.conn.protocol.state is not State.OPEN
 
     def send(self, message: bytes) -> None:
         """Send one message (the payload of one binary frame)."""
@@ -110,12 +141,26 @@ class Peer:
         if self._closing is not None or conn.protocol.state is not State.OPEN:
             return
         transport = conn.transport
-        if transport.get_write_buffer_size() > self._limit:
+        buffered = transport.get_write_buffer_size()
+        if buffered > self._limit:
             if self._on_slow is not None:
                 self._on_slow()
             self.close(CloseCode.TRY_AGAIN_LATER, "too slow: send buffer full")
             return
         transport.write(wire)
+        self.written += len(wire)
+        if buffered + len(wire) > BACKLOG_BYTES and self._on_backlog is not None:
+            self._on_backlog(self)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes waiting in the transport's buffer."""
+        return self.conn.transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        """Drop the connection now, buffer and all (no close frame: it would
+        wait behind what the peer does not read)."""
+        self.conn.transport.abort()
 
     def refuse_write(self, reason: str) -> None:
         frame = self.dialect.refusal(reason)

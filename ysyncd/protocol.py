@@ -51,6 +51,7 @@ __all__ = [
     "SyncStep2",
     "SyncType",
     "Update",
+    "coalesce",
     "decode",
     "decode_jupyter",
     "encode",
@@ -281,3 +282,20 @@ def _var_string(text: str) -> bytes:
     # pycrdt's Encoder.write_var_string prefixes the length in characters, which
     # is wrong for non-ASCII text; lib0 counts UTF-8 bytes.
     return write_message(text.encode("utf-8"))
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """``messages`` without the sync step 1s and query-awarenesses that a
+    later one of the same kind in the frame makes moot: one answer, to the
+    last, covers them all (and costs one encode, not 64)."""
+    if len(messages) < 2:
+        return messages
+    last: dict[type, int] = {}
+    for index, message in enumerate(messages):
+        if isinstance(message, SyncStep1 | QueryAwareness):
+            last[type(message)] = index
+    return [
+        m
+        for i, m in enumerate(messages)
+        if not isinstance(m, SyncStep1 | QueryAwareness) or last[type(m)] == i
+    ]

@@ -11,11 +11,18 @@ Anything else that carries document content (a sync step 2 reply) waits the
 same way behind the updates applied before it, so no peer ever sees content
 that is not on disk. Awareness carries no document content and goes out at once.
 
-A rejected update leaves the doc untouched in almost every case (pycrdt decodes
-before it integrates). The exception is an update that fails half-way through
-integration; then the room is *tainted*: the registry rebuilds its doc from the
-store plus the updates still waiting for their commit, and peers wait for
-:attr:`Room.rebuilt` before their next message is handled.
+Updates are applied by :mod:`ysyncd.integrate`: checked first, small ones at
+once, big ones a slice at a time while the room is *busy* (its peers' next
+messages wait for :meth:`Room.settle`; other rooms go on). One that adds
+nothing is neither stored nor relayed. An update that fails half-way through,
+or goes over its CPU budget, *taints* the room: the registry rebuilds its doc
+from the store plus the updates still waiting for their commit, and the room
+stays busy until then.
+
+Requests that cost an encode of the whole document (sync step 1, query
+awareness) are answered from a cache while the document (or the awareness)
+is unchanged, and each peer gets a few at once, then one every two seconds:
+further requests are merged into one, answered at the next tick.
 
 The room knows nothing about sockets: a peer is anything with ``send``,
 ``refuse_write`` and ``read_only`` (see :class:`PeerLike`).
@@ -26,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +42,13 @@ from pycrdt import Doc
 from ysyncd.awareness import AwarenessStates, encode_entries
 from ysyncd.commits import Committer
 from ysyncd.errors import InvalidUpdate, PolicyViolation
+from ysyncd.integrate import (
+    HalfApplied,
+    UpdatePolicy,
+    UpdateTooCostly,
+    apply_in_slices,
+    apply_update,
+)
 from ysyncd.protocol import (
     Awareness,
     Message,
@@ -46,12 +60,24 @@ from ysyncd.protocol import (
     encode,
     encode_update,
 )
+from ysyncd.updates import Shape, shape_of
 
-__all__ = ["AwarenessPolicy", "PeerLike", "Room", "RoomDocument"]
+__all__ = ["AwarenessPolicy", "PeerLike", "Room", "RoomDocument", "RoomFailed"]
 
 log = logging.getLogger("ysyncd.room")
 
 _EMPTY_UPDATE = b"\x00\x00"
+#: Sync step 1 and query-awareness answers a peer gets at once, then the
+#: seconds between two more (y-websocket clients ask on connect, and on
+#: resyncs every few seconds at most).
+_REQUESTS_BURST = 4
+_REQUESTS_EVERY = 2.0
+#: Distinct state vectors whose sync step 2 answers are kept.
+_ANSWERS_KEPT = 2
+
+
+class RoomFailed(Exception):
+    """The room gave up (see :meth:`Room.fail`); its peers must reconnect."""
 
 
 class RoomDocument(Protocol):
@@ -108,7 +134,7 @@ class AwarenessPolicy:
 
 @dataclass(slots=True)
 class _Presence:
-    """Per-peer awareness bookkeeping."""
+    """Per-peer bookkeeping: awareness, and what it may still ask for."""
 
     #: Client IDs whose live state came through this peer.
     ids: set[int] = field(default_factory=set)
@@ -118,6 +144,13 @@ class _Presence:
     refilled: float = 0.0
     window_start: float = 0.0
     window_count: int = 0
+    #: Whole-document requests it may make now, and when that was counted.
+    requests: float = _REQUESTS_BURST
+    requests_counted: float = 0.0
+    #: Requests over the rate, merged, for the next tick: the last state
+    #: vector asked for, and whether it asked for the awareness.
+    deferred_step1: bytes | None = None
+    deferred_query: bool = False
 
 
 Tainted = Callable[["Room"], None]
@@ -141,22 +174,26 @@ class Room:
     """The in-memory state of one room and its fan-out."""
 
     __slots__ = (
+        "_answers",
         "_applied",
+        "_busy",
         "_clock",
         "_coalesced",
         "_committer",
+        "_deferred",
         "_durable",
         "_fan_out",
         "_held",
         "_on_taint",
         "_policy",
+        "_tainted",
+        "_updates",
         "awareness",
         "doc",
         "document",
         "failed",
         "key",
         "peers",
-        "rebuilt",
         "refs",
     )
 
@@ -170,6 +207,7 @@ class Room:
         clock: Callable[[], float] = time.monotonic,
         on_taint: Tainted | None = None,
         fan_out: FanOut = send_each,
+        updates: UpdatePolicy = UpdatePolicy(),  # noqa: B008 - frozen
     ) -> None:
         self.key = key
         self.doc = doc
@@ -177,8 +215,6 @@ class Room:
         self.peers: dict[PeerLike, _Presence] = {}
         #: Connections holding this room (joined or about to); see RoomRegistry.
         self.refs = 0
-        #: Set while a rebuild is under way; peers wait on it.
-        self.rebuilt: asyncio.Event | None = None
         #: True once the room gave up (a rebuild failed); its peers must leave.
         self.failed = False
         #: What keeps the room in step with a file (Jupyter rooms), or None.
@@ -188,6 +224,15 @@ class Room:
         self._clock = clock
         self._on_taint = on_taint
         self._fan_out = fan_out
+        self._updates = updates
+        # Set when the work under way (a sliced update, a rebuild) is done.
+        self._busy: asyncio.Event | None = None
+        self._tainted = False
+        # Sync step 2 frames by state vector, valid while the doc is as it
+        # was (``_applied`` unchanged): (applied, {state vector: frame}).
+        self._answers: tuple[int, dict[bytes, bytes]] | None = None
+        # Peers with a request deferred to the next tick.
+        self._deferred: set[PeerLike] | None = None
         self._applied = 0
         self._durable = 0
         # Frames waiting for durability, in order: (seq, target or None for
@@ -211,7 +256,7 @@ class Room:
     def join(self, peer: PeerLike) -> None:
         """Greet ``peer`` with our state vector and all awareness, then add it."""
         peer.send(encode(SyncStep1(self.doc.get_state())))
-        states = self.awareness.encode()
+        states = self.awareness.encode_all()
         if states is not None:
             peer.send(encode(Awareness(states)))
         now = self._clock()
@@ -220,46 +265,114 @@ class Room:
     def leave(self, peer: PeerLike) -> None:
         """Remove ``peer`` and announce that its awareness states are gone."""
         presence = self.peers.pop(peer, None)
+        if self._deferred:
+            self._deferred.discard(peer)
         if presence and presence.ids:
             self._remove_awareness(presence.ids)
 
-    def receive(self, peer: PeerLike, message: Message) -> None:
-        """Act on one decoded message from ``peer``.
+    @property
+    def busy(self) -> bool:
+        """Whether a sliced update or a rebuild is under way."""
+        return self._busy is not None
+
+    async def settle(self) -> None:
+        """Wait until the room is not busy; peers call it before each frame.
 
         Raises:
-            InvalidUpdate: pycrdt refused an update; nothing was stored or sent.
+            RoomFailed: the room gave up meanwhile.
+        """
+        while self._busy is not None:
+            await self._busy.wait()
+        if self.failed:
+            raise RoomFailed("room reset; reconnect")
+
+    def receive(self, peer: PeerLike, message: Message) -> Awaitable[None] | None:
+        """Act on one decoded message from ``peer``.
+
+        Returns an awaitable when the message is a big update being applied
+        a slice at a time: the caller awaits it before its next message.
+
+        Raises:
+            InvalidUpdate: an update that cannot be applied; nothing was
+                stored or sent.
+            TooNested, UpdateTooCostly: an update over a shape or cost limit.
             DecodeError: a malformed state vector or awareness update.
             TooLarge, PolicyViolation: an awareness limit was passed.
         """
         match message:
             case SyncStep1(state_vector):
-                self._answer_step1(peer, state_vector)
+                self._request(peer, step1=state_vector)
             case SyncStep2(update) | Update(update):
                 if not peer.read_only:
-                    self.apply(update)
-                elif update != _EMPTY_UPDATE:  # every client's first step 2 is empty
+                    return self.apply(update)
+                if update != _EMPTY_UPDATE:  # every client's first step 2 is empty
                     peer.refuse_write("read-only")
             case Awareness(update):
                 self._on_awareness(peer, update)
             case QueryAwareness():
-                states = self.awareness.encode()
-                if states is not None:
-                    peer.send(encode(Awareness(states)))
+                self._request(peer, query=True)
             case PermissionDenied():
                 log.debug("ignoring a permission-denied message sent by a client")
+        return None
 
-    def apply(self, update: bytes) -> None:
-        """Apply an update now; store it, then echo it to everyone once durable."""
+    def apply(self, update: bytes) -> Awaitable[None] | None:
+        """Apply a peer's update; store it, then echo it to everyone once durable.
+
+        Small updates are applied at once; big ones return an awaitable that
+        applies them a slice at a time (see :mod:`ysyncd.integrate`). An
+        update that changes nothing is dropped.
+        """
         if update == _EMPTY_UPDATE:
-            return
+            return None
+        policy = self._updates
+        if len(update) >= policy.slice_bytes:
+            return self._apply_sliced(update)
+        # Too short to nest past the limit or to hold many structs: no need
+        # to walk it first.
+        shape = None
+        if len(update) > policy.limits.max_depth:
+            shape = shape_of(update, policy.limits)
+            if (
+                shape.structs > policy.piece_structs
+                or shape.delete_ranges > policy.piece_ranges
+            ):
+                # yrs integrates long runs of small items in one update in
+                # quadratic time and memory (10,000 items: 1.6 s, 2.3 GB);
+                # in pieces they cost what separate updates do.
+                return self._apply_sliced(update, shape)
         try:
-            self.doc.apply_update(update)
-        except ValueError as exc:  # refused while decoding: the doc is untouched
-            raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
-        except RuntimeError as exc:  # refused while integrating: maybe half-applied
+            changed = apply_update(self.doc, update, shape)
+        except HalfApplied:
             self._taint()
-            raise InvalidUpdate(f"update rejected by pycrdt: {exc}") from exc
-        self.record(update)
+            raise
+        if changed:
+            self.record(update)
+        return None
+
+    def apply_trusted(self, update: bytes) -> None:
+        """Apply and record a server-side update (a file's content)."""
+        try:
+            changed = apply_update(self.doc, update)
+        except HalfApplied:
+            self._taint()
+            raise
+        if changed:
+            self.record(update)
+
+    async def _apply_sliced(self, update: bytes, shape: Shape | None = None) -> None:
+        busy = self._busy = asyncio.Event()
+        try:
+            changed = await apply_in_slices(self.doc, update, self._updates, shape)
+        except (HalfApplied, UpdateTooCostly) as exc:
+            log.warning("room %r: undoing an update: %s", self.key, exc)
+            self._taint()
+            raise
+        finally:
+            if not self._tainted:
+                self._busy = None
+                busy.set()
+        if changed:
+            self.record(update)
 
     def record(self, update: bytes) -> None:
         """Store and echo an update already applied to :attr:`doc`.
@@ -301,25 +414,29 @@ class Room:
         self.failed = True
         for peer in list(self.peers):
             peer.close(code, reason)
-        if self.rebuilt is not None:
-            self.rebuilt.set()
+        self._finish_busy()
 
     def replace_doc(self, doc: Doc[Any]) -> None:
         """Swap in a rebuilt doc and let waiting peers go on."""
         self.doc = doc
+        self._answers = None
         if self.document is not None:
             self.document.rebind(doc)
-        if self.rebuilt is not None:
-            self.rebuilt.set()
-            self.rebuilt = None
+        self._finish_busy()
+
+    def _finish_busy(self) -> None:
+        busy, self._busy, self._tainted = self._busy, None, False
+        if busy is not None:
+            busy.set()
 
     @property
     def needs_tick(self) -> bool:
         """Whether :meth:`tick` has anything to do (most idle rooms: no)."""
-        return bool(self.awareness) or bool(self._coalesced)
+        return bool(self.awareness) or bool(self._coalesced) or bool(self._deferred)
 
     def tick(self, now: float) -> None:
-        """Periodic work: expire stale awareness, relay coalesced changes."""
+        """Periodic work: expire stale awareness, relay coalesced changes,
+        answer deferred requests."""
         awareness = self.awareness
         expired = awareness.expired(now, self._policy.timeout)
         if expired:
@@ -330,24 +447,86 @@ class Room:
             self._coalesced = None
             if update is not None:
                 self._broadcast(encode(Awareness(update)))
+        if self._deferred and self._busy is None:
+            for peer in list(self._deferred):
+                presence = self.peers.get(peer)
+                if presence is None or not self._take_request(presence, now):
+                    continue
+                self._deferred.discard(peer)
+                step1, query = presence.deferred_step1, presence.deferred_query
+                presence.deferred_step1, presence.deferred_query = None, False
+                self._answer(peer, step1, query)
 
     def _taint(self) -> None:
         log.warning("room %r: an update failed half-way; rebuilding its doc", self.key)
-        if self.rebuilt is None:
-            self.rebuilt = asyncio.Event()
+        if not self._tainted:
+            self._tainted = True
+            if self._busy is None:
+                self._busy = asyncio.Event()
             if self._on_taint is not None:
                 self._on_taint(self)
 
+    def _request(
+        self, peer: PeerLike, *, step1: bytes | None = None, query: bool = False
+    ) -> None:
+        """A request for the whole document (step 1) or every awareness state."""
+        presence = self.peers.get(peer)
+        if presence is None:
+            return  # gone: a closed peer costs nothing more
+        if self._take_request(presence, self._clock()):
+            self._answer(peer, step1, query)
+            return
+        # Over the rate: merged into one answer at a later tick.
+        if step1 is not None:
+            presence.deferred_step1 = step1
+        presence.deferred_query |= query
+        if self._deferred is None:
+            self._deferred = set()
+        self._deferred.add(peer)
+
+    def _take_request(self, presence: _Presence, now: float) -> bool:
+        presence.requests = min(
+            _REQUESTS_BURST,
+            presence.requests + (now - presence.requests_counted) / _REQUESTS_EVERY,
+        )
+        presence.requests_counted = now
+        if presence.requests < 1:
+            return False
+        presence.requests -= 1
+        return True
+
+    def _answer(self, peer: PeerLike, step1: bytes | None, query: bool) -> None:
+        if step1 is not None:
+            self._answer_step1(peer, step1)
+        if query:
+            states = self.awareness.encode_all()
+            if states is not None:
+                peer.send(encode(Awareness(states)))
+
     def _answer_step1(self, peer: PeerLike, state_vector: bytes) -> None:
-        try:
-            diff = self.doc.get_update(state_vector)
-        except (ValueError, RuntimeError) as exc:
-            raise InvalidUpdate(f"bad state vector: {exc}") from exc
-        frame = encode(SyncStep2(diff))
+        frame = self._step2_frame(state_vector)
         if self.settled:
             peer.send(frame)
         else:
             self._held.append((self._applied, peer, frame, None))
+
+    def _step2_frame(self, state_vector: bytes) -> bytes:
+        """The sync step 2 answering ``state_vector``, cached while the doc is
+        unchanged: joiners of a big room share one encode."""
+        answers = self._answers
+        if answers is None or answers[0] != self._applied:
+            answers = self._answers = (self._applied, {})
+        frame = answers[1].get(state_vector)
+        if frame is None:
+            try:
+                diff = self.doc.get_update(state_vector)
+            except (ValueError, RuntimeError) as exc:
+                raise InvalidUpdate(f"bad state vector: {exc}") from exc
+            frame = encode(SyncStep2(diff))
+            if len(answers[1]) >= _ANSWERS_KEPT:
+                answers[1].pop(next(iter(answers[1])))
+            answers[1][state_vector] = frame
+        return frame
 
     def _on_awareness(self, peer: PeerLike, update: bytes) -> None:
         presence = self.peers.get(peer)

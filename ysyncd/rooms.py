@@ -11,10 +11,19 @@ the committer has flushed everything submitted so far, so a quick reconnect
 never rebuilds a room from a store that is missing its last updates. A join
 during that wait cancels the eviction and reuses the room as it is.
 
+Building a big room's document (a load, or a rebuild) is replayed in the
+worker process (:mod:`ysyncd.worker`), and only its result is applied here, a
+slice at a time, so other rooms are served meanwhile. Small rooms are built
+at once: the hop would cost more.
+
 Once a second every room is ticked (awareness expiry, coalesced relays). A
 tainted room (see :mod:`ysyncd.room`) is rebuilt here from the store plus its
 updates still waiting for their commit; if that keeps failing, its peers are
 closed with 1011 and the room is dropped, so the next join loads it afresh.
+
+All of this runs in the server's task group, so nothing raised while
+loading, rebuilding, ticking or evicting one room may escape: it fails that
+room (logged), and never the server.
 """
 
 from __future__ import annotations
@@ -32,9 +41,11 @@ from websockets.frames import CloseCode
 
 from ysyncd.commits import Committer
 from ysyncd.errors import StoreError, YsyncdError
+from ysyncd.integrate import UpdatePolicy, apply_pieces
 from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
 from ysyncd.store import StoredRoom
-from ysyncd.store.snapshot import doc_from_updates
+from ysyncd.store.snapshot import doc_from_updates, prepare
+from ysyncd.worker import Worker
 
 __all__ = ["RoomRegistry", "Setup"]
 
@@ -45,8 +56,10 @@ log = logging.getLogger("ysyncd.rooms")
 
 _TICK_SECONDS = 1.0
 _REBUILD_ATTEMPTS = 5
-# Below this, applying a room's history takes less than a thread hop costs.
-_INLINE_BUILD_BYTES = 64 * 1024
+# Below these, replaying a room's history takes a few milliseconds, less
+# than a trip to the worker.
+_INLINE_BUILD_BYTES = 256 * 1024
+_INLINE_BUILD_ROWS = 2000
 
 
 class RoomRegistry:
@@ -61,9 +74,13 @@ class RoomRegistry:
         policy: AwarenessPolicy = AwarenessPolicy(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.monotonic,
         fan_out: FanOut = send_each,
+        updates: UpdatePolicy = UpdatePolicy(),  # noqa: B008 - frozen
+        worker: Worker | None = None,
     ) -> None:
         self._committer = committer
         self._fan_out = fan_out
+        self._updates = updates
+        self._worker = worker
         self._tg = task_group
         self._idle_seconds = idle_seconds
         self._policy = policy
@@ -125,10 +142,22 @@ class RoomRegistry:
     ) -> tuple[Doc[Any], StoredRoom]:
         stored = await self._committer.store.load(key)
         updates = stored.updates + list(extra)
-        if sum(map(len, updates)) < _INLINE_BUILD_BYTES:
+        if self._worker is None or (
+            sum(map(len, updates)) < _INLINE_BUILD_BYTES
+            and len(updates) < _INLINE_BUILD_ROWS
+        ):
             return doc_from_updates(updates), stored
-        # Big histories are CPU-bound to apply; keep the event loop responsive.
-        return await anyio.to_thread.run_sync(doc_from_updates, updates), stored
+        # CPU-bound in pycrdt, which holds the GIL: replayed in the worker
+        # process, and its result applied here a slice at a time.
+        prepared = await self._worker.run(
+            prepare,
+            updates,
+            max_structs=self._updates.piece_structs,
+            max_ranges=self._updates.piece_ranges,
+        )
+        doc: Doc[Any] = Doc()
+        await apply_pieces(doc, prepared.pieces + prepared.pending)
+        return doc, stored
 
     async def _load(
         self, key: str, loading: asyncio.Future[Room], setup: Setup | None
@@ -150,6 +179,7 @@ class RoomRegistry:
             clock=self._clock,
             on_taint=self._rebuild_soon,
             fan_out=self._fan_out,
+            updates=self._updates,
         )
         self._committer.track(key, stored.log_rows, stored.snapshot_bytes)
         if setup is not None:
@@ -186,6 +216,13 @@ class RoomRegistry:
         self._tg.start_soon(self._rebuild, room)
 
     async def _rebuild(self, room: Room) -> None:
+        try:
+            await self._rebuild_with_retries(room)
+        except Exception:  # a bug there must fail this room only
+            log.exception("rebuilding room %r failed", room.key)
+            self._give_up(room)
+
+    async def _rebuild_with_retries(self, room: Room) -> None:
         # Re-applying updates that committed meanwhile is harmless: Yjs
         # integration is idempotent. Peers of this room wait until it is done.
         delay = 0.1
@@ -202,8 +239,12 @@ class RoomRegistry:
             room.replace_doc(doc)
             log.info("room %r rebuilt from the store", room.key)
             return
-        # Never serve a doc that may hold half an invalid update: start afresh.
         log.error("room %r could not be rebuilt; closing its peers", room.key)
+        self._give_up(room)
+
+    def _give_up(self, room: Room) -> None:
+        """Never serve a doc that may hold half an invalid update: drop the
+        room, so the next join loads it afresh."""
         if self.rooms.get(room.key) is room:
             del self.rooms[room.key]
             self._committer.forget(room.key)
@@ -216,7 +257,7 @@ class RoomRegistry:
                 if room.document is not None:
                     # The last save; a join meanwhile keeps the room as it is.
                     with anyio.CancelScope(shield=True):
-                        await room.document.save_if_changed()
+                        await self._last_save(room)
                 await self._committer.flush()
         finally:
             if self._evictions.get(room.key) is scope:
@@ -226,5 +267,18 @@ class RoomRegistry:
         del self.rooms[room.key]
         self._committer.forget(room.key)
         if room.document is not None:
-            room.document.stop()
+            try:
+                room.document.stop()
+            except Exception:  # the room is gone either way
+                log.exception("room %r: stopping its file binding failed", room.key)
         log.info("room %r evicted after %.0f s idle", room.key, self._idle_seconds)
+
+    @staticmethod
+    async def _last_save(room: Room) -> None:
+        assert room.document is not None
+        try:
+            await room.document.save_if_changed()
+        except Exception:
+            # Its updates are in the store all the same: the file waits for
+            # the next load, and the room goes.
+            log.exception("room %r: the save before eviction failed", room.key)

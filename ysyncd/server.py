@@ -22,8 +22,9 @@ import http
 import json
 import logging
 import ssl
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 from websockets.asyncio.server import Server, ServerConnection
@@ -46,25 +47,29 @@ from ysyncd.errors import (
     StoreError,
     UnsupportedFrame,
 )
+from ysyncd.integrate import UpdatePolicy
 from ysyncd.jupyter.files import FileError, FileGone
 from ysyncd.jupyter.service import JupyterRooms, unknown_session
-from ysyncd.keepalive import Keepalive
+from ysyncd.keepalive import DrainWatch, Keepalive
 from ysyncd.names import room_from_path
-from ysyncd.peer import Peer, close_code_for, close_reason, fan_out
-from ysyncd.room import AwarenessPolicy, Room
+from ysyncd.peer import BACKLOG_BYTES, Peer, close_code_for, close_reason, fan_out
+from ysyncd.protocol import coalesce
+from ysyncd.room import AwarenessPolicy, Room, RoomFailed
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
 from ysyncd.store import open_store
 from ysyncd.store.memory import MemoryStore
+from ysyncd.store.snapshot import Snapshot, build_snapshot
+from ysyncd.updates import Limits
+from ysyncd.worker import Worker, raise_stack_limit
 
 __all__ = ["serve"]
 
 
-class RoomFailed(Exception):
-    """The room gave up (see Room.fail); its peers must reconnect."""
-
-
 log = logging.getLogger("ysyncd.server")
+
+#: CPU one connection's frames may take before the others get a turn.
+_TURN_SECONDS = 0.01
 
 #: Where the Jupyter server extension says its files changed.
 FILES_CHANGED = "/_ysyncd/changed/"
@@ -84,6 +89,7 @@ class _App:
         keepalive: Keepalive | None,
         authorizer: Authorizer,
         jupyter: JupyterRooms,
+        drains: DrainWatch,
     ) -> None:
         self.jupyter = jupyter
         self.settings = settings
@@ -105,11 +111,15 @@ class _App:
         self.committer = committer
         self.stats = stats
         self.connections = 0
+        self.drains = drains
+        #: Connections in their opening handshake (see _counted).
+        self.handshakes: set[ServerConnection] = set()
         # Admitted but not yet handled; weak, so a failed handshake leaks nothing.
         self.admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
             weakref.WeakKeyDictionary()
         )
         stats.gauges.update(
+            handshakes=lambda: len(self.handshakes),
             rooms=lambda: len(registry.rooms),
             connections=lambda: self.connections,
             commit_backlog=lambda: committer.backlog,
@@ -227,7 +237,19 @@ class _App:
             http.HTTPStatus.UPGRADE_REQUIRED, "a y-websocket client is expected here\n"
         )
 
+    def handshake_started(self, conn: ServerConnection) -> None:
+        """A TCP connection arrived: drop it unread past --max-handshakes."""
+        if len(self.handshakes) >= self.settings.max_handshakes:
+            self.stats.limit_hit("max_handshakes", "dropped a connection unread")
+            conn.transport.abort()
+            return
+        self.handshakes.add(conn)
+
+    def handshake_ended(self, conn: ServerConnection) -> None:
+        self.handshakes.discard(conn)
+
     async def handler(self, conn: ServerConnection) -> None:
+        self.handshake_ended(conn)
         admission = self.admissions.pop(conn)
         # The handshake is over and the admission holds what we needed from it;
         # emptying the kept headers saves a few KiB per idle connection.
@@ -298,26 +320,43 @@ class _App:
             read_only=admission.grant.read_only,
             send_buffer_bytes=self.settings.send_buffer_bytes,
             on_slow=self._on_slow_peer,
+            on_backlog=self.drains.watch,
         )
         try:
-            await _wait_rebuilt(room)
+            await room.settle()
             if not self._room_has_space(room):
                 await conn.close(CloseCode.TRY_AGAIN_LATER, "room is full")
                 return
             room.join(peer)
+            spent = 0.0
             async for frame in conn:
+                started = time.perf_counter()
                 if isinstance(frame, str):
                     raise UnsupportedFrame("text frames are not part of the protocol")
-                messages = peer.dialect.decode(frame)
-                await _wait_rebuilt(room)
+                # One answer covers every sync step 1 of a frame, and so on.
+                messages = coalesce(peer.dialect.decode(frame))
+                await room.settle()
                 for message in messages:
+                    if peer.closing:
+                        break  # a peer being closed costs nothing more
                     if admission.jupyter is None:
-                        room.receive(peer, message)
+                        pending = room.receive(peer, message)
                     else:
-                        self.jupyter.receive(peer, room, message)
+                        pending = self.jupyter.receive(peer, room, message)
+                    if pending is not None:
+                        await pending  # a big update, a slice at a time
                 await self.committer.wait_for_room()
+                # Frames already received are handed over without a pause, so
+                # a peer that sends fast would keep the loop: other peers get
+                # their turn after each 10 ms of work on this one's frames.
+                spent += time.perf_counter() - started
+                if spent > _TURN_SECONDS:
+                    spent = 0.0
+                    await asyncio.sleep(0)
         except ProtocolError as exc:
-            self.stats.limit_hit(f"bad_input_{type(exc).__name__}", str(exc))
+            self.stats.limit_hit(
+                exc.limit or f"bad_input_{type(exc).__name__}", str(exc)
+            )
             log.debug("peer %d in room %r sent bad input: %s", peer.id, room.key, exc)
             room.leave(peer)  # at once: its cursor must not outlive the verdict
             await _close_draining(conn, close_code_for(exc), str(exc))
@@ -355,14 +394,6 @@ async def _close_draining(conn: ServerConnection, code: int, reason: str) -> Non
     await closing
 
 
-async def _wait_rebuilt(room: Room) -> None:
-    rebuilt = room.rebuilt
-    if rebuilt is not None:
-        await rebuilt.wait()
-    if room.failed:
-        raise RoomFailed("room reset; reconnect")
-
-
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The server TLS context for --certfile/--keyfile, or None for plain ws://."""
     if settings.certfile is None:
@@ -389,6 +420,7 @@ async def serve(
     """
     if authorizer is None:
         authorizer = build_authorizer(settings)
+    raise_stack_limit()
     try:
         await _serve(settings, stop, on_listening, authorizer, tls)
     finally:
@@ -402,13 +434,28 @@ async def _serve(
     authorizer: Authorizer,
     tls: ssl.SSLContext | None,
 ) -> None:
-    store = await open_store(settings.db, synchronous=settings.sqlite_synchronous)
+    store = await open_store(
+        settings.db,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout=settings.sqlite_busy_timeout,
+    )
+    worker = Worker()
     try:
+        worker.start()
+
+        async def build_in_worker(updates: Sequence[bytes]) -> Snapshot:
+            return await worker.run(build_snapshot, list(updates))
+
         committer = Committer(
             store,
             batch_max=settings.commit_batch_max,
             queue_max=settings.commit_queue_max,
             compact_after=settings.compact_after,
+            build=build_in_worker,
+        )
+        updates = UpdatePolicy(
+            limits=Limits(max_depth=settings.max_nesting_depth),
+            seconds_per_mib=settings.apply_seconds_per_mib,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(committer.run)
@@ -424,6 +471,8 @@ async def _serve(
                 idle_seconds=settings.room_idle_seconds,
                 policy=policy,
                 fan_out=fan_out,
+                updates=updates,
+                worker=worker,
             )
             tg.start_soon(registry.run_ticks)
             keepalive = None
@@ -441,12 +490,29 @@ async def _serve(
                     idle_seconds=settings.room_idle_seconds,
                     policy=policy,
                     fan_out=fan_out,
+                    updates=updates,
                 ),
                 tg,
             )
             tg.start_soon(jupyter.transient.run_ticks)
+            stats = Stats()
+            drains = DrainWatch(
+                settings.drain_timeout,
+                backlog=BACKLOG_BYTES,
+                on_drop=lambda: stats.limit_hit(
+                    "drain_timeout", "dropped a peer that stopped reading"
+                ),
+            )
+            tg.start_soon(drains.run)
             app = _App(
-                settings, registry, committer, Stats(), keepalive, authorizer, jupyter
+                settings,
+                registry,
+                committer,
+                stats,
+                keepalive,
+                authorizer,
+                jupyter,
+                drains,
             )
             if app.rechecker is not None:
                 tg.start_soon(app.rechecker.run)
@@ -454,6 +520,7 @@ async def _serve(
                 app.handler,
                 settings.host,
                 settings.port,
+                create_connection=_counted(app),
                 process_request=app.process_request,
                 compression=None,  # per-peer deflate would dominate fan-out cost
                 max_size=settings.max_message_bytes,
@@ -480,8 +547,26 @@ async def _serve(
                 )
             tg.cancel_scope.cancel()
     finally:
+        # In a thread: it waits for the worker process to exit.
+        await anyio.to_thread.run_sync(worker.close)
         await store.aclose()
     log.info("ysyncd stopped")
+
+
+def _counted(app: _App) -> type[ServerConnection]:
+    """websockets' connection class, telling ``app`` of handshakes, so that
+    half-open ones cannot pile up (each may hold a request's headers)."""
+
+    class Connection(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            app.handshake_started(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            app.handshake_ended(self)
+            super().connection_lost(exc)
+
+    return Connection
 
 
 def _announce(server: Server, on_listening: Listening | None, scheme: str) -> None:

@@ -272,6 +272,14 @@ const commands = {
     text.delete(c.index, c.length)
     return {}
   },
+  // Deletes every other character of the text, back to front, in one
+  // transaction: one update whose delete set has length / 2 ranges.
+  delete_every_other: async () => {
+    doc.transact(() => {
+      for (let i = text.length - 1; i >= 0; i -= 2) text.delete(i, 1)
+    })
+    return {}
+  },
   set_map: async (c) => {
     need(typeof c.key === 'string', 'set_map: key must be a string')
     ymap.set(c.key, c.value === undefined ? null : c.value)

@@ -73,6 +73,10 @@ __all__ = [
     "set_content",
 ]
 
+#: Shared types nested deeper than this under a notebook's root are cut by
+#: :func:`repair` (reading them recurses; 64 levels is far past any notebook).
+MAX_DEPTH = 64
+
 #: The file formats of the Contents API a room id may name.
 FORMATS = frozenset({"json", "text", "base64"})
 
@@ -200,7 +204,10 @@ def set_content(document: YBaseDoc, new_content: Any) -> None:
 def repair(document: YBaseDoc) -> None:
     """Edit away what keeps jupyter_ydoc from reading ``document``.
 
-    NaN and infinities become None; a notebook whose ``nbformat`` or
+    NaN and infinities become None, and so do shared types nested deeper
+    than :data:`MAX_DEPTH` (reading them would recurse past Python's limit;
+    each update may nest only ``--max-nesting-depth`` levels, but several can
+    nest further); a notebook whose ``nbformat`` or
     ``nbformat_minor`` is not a number gets the current version; a cell that
     still cannot be read (not a map, no ``cell_type``...) is deleted. The
     rest stays as it is. Other types hold one shared text or blob, which
@@ -211,8 +218,8 @@ def repair(document: YBaseDoc) -> None:
         return
     meta = document.ydoc.get("meta", type=Map)
     cells = document.ydoc.get("cells", type=Array)
-    _make_finite(meta)
-    _make_finite(cells)
+    _tidy(meta)
+    _tidy(cells)
     versions = {"nbformat": NBFORMAT_MAJOR_VERSION}
     versions["nbformat_minor"] = NBFORMAT_MINOR_VERSION
     for key, current in versions.items():
@@ -227,24 +234,27 @@ def repair(document: YBaseDoc) -> None:
             del cells[index]
 
 
-def _make_finite(shared: Map[Any] | Array[Any]) -> None:
-    """Turn every NaN or infinity under ``shared`` into None, in place.
-
-    JSON has no such numbers, and jupyter_ydoc fails on them; a client can
-    still send them, as Yjs numbers are float64.
-    """
-    if isinstance(shared, Map):
-        for key, value in list(shared.items()):
+def _tidy(root: Map[Any] | Array[Any]) -> None:
+    """Under ``root``, in place: NaN and infinities become None (JSON has no
+    such numbers, and jupyter_ydoc fails on them; Yjs numbers are float64, so
+    a client can send them), and so do shared types deeper than MAX_DEPTH.
+    Iterative: the document may be nested deeper than Python recurses."""
+    stack: list[tuple[Map[Any] | Array[Any], int]] = [(root, 1)]
+    while stack:
+        shared, depth = stack.pop()
+        entries: list[tuple[Any, Any]] = (
+            list(shared.items())
+            if isinstance(shared, Map)
+            else list(enumerate(list(shared)))
+        )
+        for key, value in entries:
             if isinstance(value, Map | Array):
-                _make_finite(value)
+                if depth >= MAX_DEPTH:
+                    shared[key] = None
+                else:
+                    stack.append((value, depth + 1))
             elif _has_non_finite(value):
                 shared[key] = _finite(value)
-        return
-    for index, value in enumerate(list(shared)):
-        if isinstance(value, Map | Array):
-            _make_finite(value)
-        elif _has_non_finite(value):
-            shared[index] = _finite(value)
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -268,8 +278,9 @@ def _finite(value: Any) -> Any:
 
 
 #: What jupyter_ydoc raises on shared types of a shape it does not expect
-#: (OverflowError: an infinity made an int).
+#: (OverflowError: an infinity made an int; RecursionError: nested too deep).
 _SHAPE_ERRORS = (
+    RecursionError,
     ValueError,
     KeyError,
     TypeError,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -124,19 +124,33 @@ class JupyterRooms:
                 told += 1
         return told
 
-    def receive(self, peer: Peer, room: Room, message: Message) -> None:
+    def receive(
+        self, peer: Peer, room: Room, message: Message
+    ) -> Awaitable[None] | None:
         """:meth:`Room.receive`, plus what only Jupyter rooms do."""
         if isinstance(message, JupyterSave):
             self._tg.start_soon(self._save, peer, room, message.save_id)
-            return
+            return None
         try:
-            room.receive(peer, message)
+            pending = room.receive(peer, message)
         except InvalidUpdate:
-            # jupyter_server_ydoc's answer to an update that cannot be applied
-            # (a stale client after its file changed): tell the client, which
-            # offers to resolve it, and keep serving it. Nothing was stored.
-            log.warning("room %r: an update could not be applied", room.key)
-            peer.send(encode_raw(json.dumps({"type": "conflict"})))
+            self._conflict(peer, room)
+            return None
+        return None if pending is None else self._applying(peer, room, pending)
+
+    async def _applying(self, peer: Peer, room: Room, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except InvalidUpdate:
+            self._conflict(peer, room)
+
+    @staticmethod
+    def _conflict(peer: Peer, room: Room) -> None:
+        # jupyter_server_ydoc's answer to an update that cannot be applied
+        # (a stale client after its file changed): tell the client, which
+        # offers to resolve it, and keep serving it. Nothing was stored.
+        log.warning("room %r: an update could not be applied", room.key)
+        peer.send(encode_raw(json.dumps({"type": "conflict"})))
 
     async def _save(self, peer: Peer, room: Room, save_id: int) -> None:
         binding = room.document

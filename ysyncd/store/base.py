@@ -10,16 +10,27 @@ updates. Rooms are addressed by a string key. The guarantees:
   transaction, after checking that the snapshot holds the same document.
 
 Callers serialise writes (one writer, see :mod:`ysyncd.commits`); loads may run
-concurrently with writes.
+concurrently with writes. Compaction builds the snapshot with the ``build``
+it is given: the server passes one that runs in its worker process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Compaction", "StoredRoom", "UpdateStore"]
+from ysyncd.store.snapshot import Snapshot, build_snapshot
+
+__all__ = ["Build", "Compaction", "StoredRoom", "UpdateStore", "build_here"]
+
+#: Builds a verified snapshot of a room's updates (see snapshot.py).
+Build = Callable[[Sequence[bytes]], Awaitable[Snapshot]]
+
+
+async def build_here(updates: Sequence[bytes]) -> Snapshot:
+    """Build the snapshot in this process (tests, small stores)."""
+    return build_snapshot(updates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +71,7 @@ class UpdateStore(Protocol):
         """Durably append ``(room, update)`` pairs, in order, in one transaction."""
         ...
 
-    async def compact(self, room: str) -> Compaction:
+    async def compact(self, room: str, build: Build = build_here) -> Compaction:
         """Replace ``room``'s log by one verified snapshot, atomically."""
         ...
 

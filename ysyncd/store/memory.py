@@ -8,8 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from ysyncd.store.base import Compaction, StoredRoom
-from ysyncd.store.snapshot import build_snapshot
+from ysyncd.store.base import Build, Compaction, StoredRoom, build_here
 
 __all__ = ["MemoryStore"]
 
@@ -36,10 +35,10 @@ class MemoryStore:
         for room, update in batch:
             self._logs.setdefault(room, []).append(update)
 
-    async def compact(self, room: str) -> Compaction:
+    async def compact(self, room: str, build: Build = build_here) -> Compaction:
         stored = await self.load(room)
         before = sum(map(len, stored.updates))
-        snap = build_snapshot(stored.updates)
+        snap = await build(stored.updates)
         offset = len(stored.updates) - stored.log_rows
         kept = [stored.updates[i] for i in snap.pending if i >= offset]
         self._snapshots[room] = snap.update

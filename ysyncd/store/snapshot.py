@@ -1,4 +1,7 @@
-"""Building a room's snapshot from its log: the pure half of compaction.
+"""Building a room's document from its log: compaction, and loads.
+
+Both run in the worker process (:mod:`ysyncd.worker`) for big rooms, so they
+take plain bytes and return plain data.
 
 Applying the log into a :class:`pycrdt.Doc` and encoding it again is linear;
 ``pycrdt.merge_updates`` is super-linear on long logs (minutes at 100k
@@ -18,10 +21,15 @@ from typing import Any
 
 from pycrdt import Doc, get_update
 
-from ysyncd.errors import DecodeError, StoreError
+from ysyncd.errors import DecodeError, StoreError, YsyncdError
+from ysyncd.integrate import is_panic
 from ysyncd.protocol import Reader
+from ysyncd.updates import Layout, Limits, pieces, shape_of
 
-__all__ = ["Snapshot", "build_snapshot", "doc_from_updates"]
+#: Our own history is walked for its layout only: no limit but the stack's.
+_NO_LIMITS = Limits(max_depth=2**62)
+
+__all__ = ["Prepared", "Snapshot", "build_snapshot", "doc_from_updates", "prepare"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +39,46 @@ class Snapshot:
     update: bytes
     #: Indexes into the input of updates not fully integrated into ``update``.
     pending: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A room's document, ready to be applied a slice at a time."""
+
+    #: Its state in pieces (see :func:`ysyncd.updates.pieces`), in order.
+    pieces: list[bytes]
+    #: Stored updates not fully integrated (waiting for what they need):
+    #: applied after the pieces, they wait in the new doc as they did.
+    pending: list[bytes]
+
+
+def prepare(
+    updates: Sequence[bytes], *, max_structs: int = 512, max_ranges: int = 1024
+) -> Prepared:
+    """Replay ``updates`` and cut the result into pieces.
+
+    Raises:
+        StoreError: a stored update cannot be applied.
+    """
+    try:
+        doc = doc_from_updates(updates)
+        state = doc.get_update()
+        clocks = _state_vector(doc.get_state())
+        integrated = doc.get_state()
+        pending = [u for u in updates if not _is_integrated(u, integrated, clocks)]
+        layout = Layout()
+        shape = shape_of(state, _NO_LIMITS, layout)
+        parts = pieces(
+            state, shape, layout, max_structs=max_structs, max_ranges=max_ranges
+        )
+        return Prepared([part for part in parts if part], pending)
+    except (ValueError, RuntimeError, YsyncdError) as exc:
+        raise StoreError(f"stored updates do not apply: {exc}") from exc
+    except BaseException as exc:
+        if not is_panic(exc):
+            raise
+        # Not picklable across the worker's pipe, and not an Exception.
+        raise StoreError(f"pycrdt panicked on the stored updates: {exc}") from None
 
 
 def doc_from_updates(updates: Sequence[bytes]) -> Doc[Any]:
@@ -89,6 +137,10 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
         )
     except (ValueError, RuntimeError, DecodeError) as exc:
         raise StoreError(f"stored updates do not apply: {exc}") from exc
+    except BaseException as exc:
+        if not is_panic(exc):
+            raise
+        raise StoreError(f"pycrdt panicked on the stored updates: {exc}") from None
     if not same:
         raise StoreError("snapshot does not round-trip to the same document")
     return Snapshot(snapshot, pending)
