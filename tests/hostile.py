@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 import pytest
 from pycrdt import Array, Doc, Map, Text, write_message, write_var_uint
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
+from tests.rawclient import abort, handshake, open_tcp, upgrade_request
 from tests.serverproc import ServerProcess, running_server
 from tests.timing import scaled, wait_until
 from tests.yclient import YClient, stored_content
@@ -250,6 +251,19 @@ async def metrics(server: ServerProcess) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+async def wait_for_metric(server: ServerProcess, name: str, expected: float) -> None:
+    """Poll ``/metrics`` until ``name`` equals ``expected``."""
+    value = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(scaled(15)):
+            for _ in range(10_000):
+                value = (await metrics(server)).get(name)
+                if value == expected:
+                    return
+                await asyncio.sleep(0.05)  # polling: /metrics has no push
+    raise AssertionError(f"{name} is {value}, not {expected}")
 
 
 def limit_hits(limit: str) -> str:
@@ -483,3 +497,46 @@ async def big_room(server: ServerProcess, room: str, structs: int = BIG_STRUCTS)
         await writer.ws.send(protocol.encode_update(update))
         await writer.wait_confirmed(timeout=120)
         return str(writer.text)
+
+
+# --- connection churn -------------------------------------------------------------
+
+#: Rooms the churn spreads over; several of them are first loaded concurrently.
+CHURN_ROOMS = 7
+
+
+async def churn_connection(
+    server: ServerProcess, i: int, rooms: Callable[[str], str]
+) -> str:
+    """One short-lived connection of kind ``i % 6``; return how it went."""
+    path = "/" + (rooms("good") if i % 3 == 0 else rooms(f"churn-{i % CHURN_ROOMS}"))
+    kind = i % 6
+    if kind == 5:  # a well-behaved client that leaves at once
+        try:
+            async with connect(
+                server.url + path, compression=None, proxy=None, open_timeout=scaled(10)
+            ) as ws:
+                await ws.send(protocol.encode(protocol.SyncStep1(b"\x00")))
+        except InvalidStatus as exc:
+            return f"refused {exc.response.status_code}"
+        return "closed cleanly"
+    if kind in (3, 4):  # gone right after the 101: FIN, or RST
+        reader, writer, status = await handshake(server.port, path)
+        if not status.startswith(b"HTTP/1.1 101"):
+            abort(writer)
+            return f"refused {status.split()[1].decode()}"
+        if kind == 3:  # end the stream without a close frame; the server follows
+            writer.write_eof()
+            async with asyncio.timeout(scaled(10)):
+                await reader.read()
+        abort(writer, reset=kind == 4)
+        return "dropped after the 101"
+    _, writer = await open_tcp(server.port)
+    if kind == 1:  # half a request line
+        writer.write(upgrade_request(path)[:20])
+    elif kind == 2:  # a whole request, then gone before the response
+        writer.write(upgrade_request(path))
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    abort(writer, reset=kind == 2)
+    return "dropped mid-handshake"

@@ -439,9 +439,9 @@ async def _serve(
         synchronous=settings.sqlite_synchronous,
         busy_timeout=settings.sqlite_busy_timeout,
     )
+    # Started on first use: most servers never hold a room big enough.
     worker = Worker()
     try:
-        worker.start()
 
         async def build_in_worker(updates: Sequence[bytes]) -> Snapshot:
             return await worker.run(build_snapshot, list(updates))

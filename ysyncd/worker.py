@@ -91,16 +91,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 class Worker:
-    """One worker process, started on first use (or by :meth:`start`)."""
+    """One worker process, started on first use."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
-
-    def start(self) -> None:
-        """Start the process now, so that the first job does not wait for it."""
-        pool = self._ensure()
-        # A first no-op job makes the executor spawn its process.
-        pool.submit(int)
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -38,7 +38,7 @@ from ysyncd.errors import YsyncdError
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import BadFile, FileGone, Files, FileState
 from ysyncd.namespaces import Namespace
-from ysyncd.room import Room
+from ysyncd.room import Room, RoomFailed
 
 __all__ = ["FileBinding", "SaveStatus", "Target"]
 
@@ -193,6 +193,9 @@ class FileBinding:
                 # Follow a rename first: writing to the old path would bring
                 # a moved file back (or take the room for gone).
                 await self._check_file()
+                # Never a document half-way through a big update (which may
+                # yet be undone); nothing awaits between this and the read.
+                await room.settle()
                 content = self._content()
                 digest = documents.content_digest(content)
                 if digest == self._saved:
@@ -208,6 +211,8 @@ class FileBinding:
             except FileGone:
                 self._mark_gone()
                 return "failed"
+            except RoomFailed:
+                return "failed"  # its peers are gone; the next load saves
             except YsyncdError as exc:
                 log.error("saving %s failed: %s", self.path, exc)
                 return "failed"
