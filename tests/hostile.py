@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,6 +381,46 @@ def awareness_states_seen(client: YClient) -> list[tuple[int, str]]:
     ]
 
 
+async def send_fuzz(
+    url: str, room: str, frames: list[bytes | str], probe: int, timeout: float = 10
+) -> int | None:
+    """Send ``frames`` to ``room``; return the close code, or None if still open.
+
+    An awareness state sent last (and relayed back to its sender) shows that the
+    server has handled every frame before it and kept the connection.
+    """
+    probe_state = json.dumps({"probe": probe})
+    async with connect(
+        f"{url}/{room}",
+        max_size=None,
+        compression=None,
+        proxy=None,
+        open_timeout=scaled(10),
+    ) as ws:
+        try:
+            async with asyncio.timeout(scaled(timeout)):
+                with contextlib.suppress(ConnectionClosed):
+                    for frame in frames:
+                        await ws.send(frame)
+                    await ws.send(awareness_frame((2**40 + probe, 1, probe_state)))
+                    for _ in range(100_000):
+                        message = await ws.recv()
+                        assert isinstance(message, bytes)
+                        for m in protocol.decode(message):
+                            if isinstance(m, protocol.Awareness) and (
+                                (2**40 + probe, 1, probe_state)
+                                in decode_update(m.update)
+                            ):
+                                return None
+        except TimeoutError:
+            raise AssertionError(
+                "no close and no probe echo: the server hangs"
+            ) from None
+    received = ws.protocol.close_rcvd
+    assert received is not None, "dropped without a close frame"
+    return received.code
+
+
 # --- another room's latency, and memory ------------------------------------------
 
 
@@ -540,3 +581,22 @@ async def churn_connection(
         await writer.drain()
     abort(writer, reset=kind == 2)
     return "dropped mid-handshake"
+
+
+async def churn(
+    server: ServerProcess, rooms: Callable[[str], str], count: int
+) -> Counter[str]:
+    """``count`` short-lived connections, 16 at a time: how they went."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(i: int) -> str:
+        async with gate:
+            try:
+                return await churn_connection(server, i, rooms)
+            except OSError as exc:  # refused, reset: is the server still up?
+                assert server.proc is not None
+                code = server.proc.returncode
+                return f"{type(exc).__name__} (ysyncd exit code {code})"
+
+    async with asyncio.timeout(scaled(60)):
+        return Counter(await asyncio.gather(*(one(i) for i in range(count))))

@@ -26,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -41,7 +40,7 @@ from tests.hostile import (
     awareness_frame,
     awareness_states_seen,
     base_doc,
-    churn_connection,
+    churn,
     close_code_after,
     closes,
     good_room,
@@ -49,6 +48,7 @@ from tests.hostile import (
     peak,
     reset_peak,
     rss,
+    send_fuzz,
     wait_closed_by_server,
     wait_for_metric,
 )
@@ -58,7 +58,6 @@ from tests.timing import scaled, wait_until
 from tests.vectors import VECTORS
 from tests.yclient import YClient, stored_content
 from ysyncd import protocol
-from ysyncd.awareness import decode_update
 
 # --- malformed frames ---------------------------------------------------------
 
@@ -441,19 +440,7 @@ async def test_rapid_connects_and_disconnects_leave_the_server_serving(
     # No connection of an earlier test is left: the count below is this test's.
     await wait_for_metric(hostile, "ysyncd_connections", 0)
     async with good_room(hostile, rooms("good")) as good:
-        gate = asyncio.Semaphore(16)
-
-        async def one(i: int) -> str:
-            async with gate:
-                try:
-                    return await churn_connection(hostile, i, rooms)
-                except OSError as exc:  # refused, reset: is the server still up?
-                    assert hostile.proc is not None
-                    code = hostile.proc.returncode
-                    return f"{type(exc).__name__} (ysyncd exit code {code})"
-
-        async with asyncio.timeout(scaled(60)):
-            outcomes = Counter(await asyncio.gather(*(one(i) for i in range(500))))
+        outcomes = await churn(hostile, rooms, 500)
         assert set(outcomes) <= {
             "closed cleanly",
             "dropped after the 101",
@@ -528,46 +515,6 @@ FUZZ_FRAMES: st.SearchStrategy[bytes | str] = st.one_of(
     st.lists(mutated_frames(), min_size=2, max_size=3).map(b"".join),
     st.text(max_size=16),
 )
-
-
-async def send_fuzz(
-    url: str, room: str, frames: list[bytes | str], probe: int
-) -> int | None:
-    """Send ``frames`` to ``room``; return the close code, or None if still open.
-
-    An awareness state sent last (and relayed back to its sender) shows that the
-    server has handled every frame before it and kept the connection.
-    """
-    probe_state = json.dumps({"probe": probe})
-    async with connect(
-        f"{url}/{room}",
-        max_size=None,
-        compression=None,
-        proxy=None,
-        open_timeout=scaled(10),
-    ) as ws:
-        try:
-            async with asyncio.timeout(scaled(10)):
-                with contextlib.suppress(ConnectionClosed):
-                    for frame in frames:
-                        await ws.send(frame)
-                    await ws.send(awareness_frame((2**40 + probe, 1, probe_state)))
-                    for _ in range(10_000):
-                        message = await ws.recv()
-                        assert isinstance(message, bytes)
-                        for m in protocol.decode(message):
-                            if isinstance(m, protocol.Awareness) and (
-                                (2**40 + probe, 1, probe_state)
-                                in decode_update(m.update)
-                            ):
-                                return None
-        except TimeoutError:
-            raise AssertionError(
-                "no close and no probe echo: the server hangs"
-            ) from None
-    received = ws.protocol.close_rcvd
-    assert received is not None, "dropped without a close frame"
-    return received.code
 
 
 async def keep_editing(good: YClient, stop: asyncio.Event) -> int:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
-from pycrdt import Doc, Text, write_message, write_var_uint
-from websockets.asyncio.client import ClientConnection, connect
+from pycrdt import Doc, Text
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.hostile import (
@@ -36,6 +36,7 @@ from tests.hostile import (
     good_room,
     limit_hits,
     probing,
+    send_fuzz,
 )
 from tests.jsclient import JsClient, require_node
 from tests.serverproc import ServerProcess
@@ -50,7 +51,6 @@ from tests.yjs_updates import (
     updates,
 )
 from ysyncd import protocol
-from ysyncd.awareness import decode_update
 
 REPO = Path(__file__).resolve().parents[1]
 WRITER = 99_001
@@ -248,57 +248,6 @@ async def test_deep_nesting_closes_1008_and_never_reaches_pycrdt(
 FUZZ_EXAMPLES = int(os.environ.get("YSYNCD_FUZZ_EXAMPLES", "60"))
 
 
-async def send_update(url: str, room: str, update: bytes, probe: int) -> int | None:
-    """Send ``update`` to ``room``; the close code, or None if it was taken.
-
-    An awareness state sent after it (and relayed back) shows the server has
-    handled the update and kept the connection.
-    """
-    state = f'{{"probe": {probe}}}'
-    async with connect(
-        f"{url}/{room}",
-        max_size=None,
-        compression=None,
-        proxy=None,
-        open_timeout=scaled(10),
-    ) as ws:
-        try:
-            async with asyncio.timeout(scaled(60)):
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(protocol.encode_update(update))
-                    update_frame = protocol.encode(
-                        protocol.Awareness(_awareness(2**40 + probe, state))
-                    )
-                    await ws.send(update_frame)
-                    for _ in range(100_000):
-                        message = await ws.recv()
-                        assert isinstance(message, bytes)
-                        if _echoes(message, 2**40 + probe):
-                            return None
-        except TimeoutError:
-            raise AssertionError("no close and no echo: the server hangs") from None
-    received = ws.protocol.close_rcvd
-    assert received is not None, "dropped without a close frame"
-    return received.code
-
-
-def _awareness(client_id: int, state: str) -> bytes:
-    return (
-        write_var_uint(1)
-        + write_var_uint(client_id)
-        + write_var_uint(1)
-        + write_message(state.encode())
-    )
-
-
-def _echoes(frame: bytes, client_id: int) -> bool:
-    return any(
-        isinstance(m, protocol.Awareness)
-        and any(entry[0] == client_id for entry in decode_update(m.update))
-        for m in protocol.decode(frame)
-    )
-
-
 def test_structure_aware_fuzz_never_ends_the_server_or_hurts_a_canary(
     hostile: ServerProcess, rooms: Any
 ) -> None:
@@ -323,8 +272,10 @@ def test_structure_aware_fuzz_never_ends_the_server_or_hurts_a_canary(
             @example(deep_any_update(100_000))
             @example(delete_every_other(7, 50_000))
             def fuzz(update: bytes) -> None:
+                frames: list[bytes | str] = [protocol.encode_update(update)]
+                room, probe = next(fuzz_rooms), next(probes)
                 code = bg.run(
-                    send_update(hostile.url, next(fuzz_rooms), update, next(probes)),
+                    send_fuzz(hostile.url, room, frames, probe, timeout=60),
                     timeout=120,
                 )
                 assert code is None or code in BAD_INPUT_CODES, code

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.hostile import (
     assert_survived,
-    churn_connection,
+    churn,
     good_room,
     limit_hits,
     metrics,
@@ -157,19 +156,7 @@ async def test_connection_churn_leaks_no_connection_slot(
         running_server(db_path, "--max-connections", str(capacity)) as server,
         good_room(server, rooms("good")) as good,
     ):
-        gate = asyncio.Semaphore(16)
-
-        async def one(i: int) -> str:
-            async with gate:
-                try:
-                    return await churn_connection(server, i, rooms)
-                except OSError as exc:  # refused, reset: is the server still up?
-                    assert server.proc is not None
-                    code = server.proc.returncode
-                    return f"{type(exc).__name__} (ysyncd exit code {code})"
-
-        async with asyncio.timeout(scaled(60)):
-            outcomes = Counter(await asyncio.gather(*(one(i) for i in range(500))))
+        outcomes = await churn(server, rooms, 500)
         # The server counts a connection until it has read its EOF, so under
         # churn a few handshakes may meet the connection limit (503); never
         # anything else.

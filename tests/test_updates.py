@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from ysyncd.errors import InvalidUpdate
-from ysyncd.updates import Layout, Limits, TooNested, pieces, shape_of
+from ysyncd.pieces import pieces
+from ysyncd.protocol import decode_state_vector as clocks
+from ysyncd.updates import Layout, Limits, TooNested, shape_of
 
 LIMITS = Limits(max_depth=64)
 
@@ -23,23 +25,6 @@ def content(doc: Doc[Any]) -> dict[str, Any]:
         "map": doc.get("map", type=Map).to_py(),
         "array": doc.get("array", type=Array).to_py(),
     }
-
-
-def clocks(state: bytes) -> dict[int, int]:
-    """A state vector, decoded (its byte order follows a hash map)."""
-    values = iter(_uints(state))
-    return {next(values): next(values) for _ in range(next(values))}
-
-
-def _uints(data: bytes) -> list[int]:
-    out, value, shift = [], 0, 0
-    for byte in data:
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            out.append(value)
-            value, shift = 0, 0
-    return out
 
 
 def edit(doc: Doc[Any], rng: random.Random) -> None:

@@ -210,7 +210,7 @@ async def stored_content(url: str, room: str) -> dict[str, Any]:
 def _contains(view: Doc, update: bytes) -> bool:
     """Whether ``view`` holds every struct and deletion of ``update``."""
     shape = shape_of(update, Limits(max_depth=2**62))
-    known = _clocks(view.get_state())
+    known = protocol.decode_state_vector(view.get_state())
     if any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()):
         return False
     if any(end > known.get(c, 0) for c, end in shape.deletes.items()):
@@ -224,11 +224,6 @@ def _contains(view: Doc, update: bytes) -> bool:
     copy.apply_update(update)
     copy.unobserve(subscription)
     return not deleted
-
-
-def _clocks(state: bytes) -> dict[int, int]:
-    reader = protocol.Reader(state)
-    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
 
 
 def _uint(value: int) -> bytes:

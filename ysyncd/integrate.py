@@ -30,15 +30,9 @@ from typing import Any
 from pycrdt import Doc
 
 from ysyncd.errors import InvalidUpdate, PolicyViolation
-from ysyncd.updates import (
-    Layout,
-    Limits,
-    Shape,
-    delete_pieces,
-    pieces,
-    shape_of,
-    walk,
-)
+from ysyncd.pieces import delete_pieces, pieces
+from ysyncd.protocol import decode_state_vector
+from ysyncd.updates import Layout, Limits, Shape, shape_of, walk
 
 __all__ = [
     "HalfApplied",
@@ -129,27 +123,11 @@ def _integrate(doc: Doc[Any], update: bytes, observe: bool) -> tuple[bool, bytes
     return (bool(fired) if observe else after != before), before
 
 
-def _state(state: bytes) -> dict[int, int]:
-    values = _uints(state)
-    return {values[i]: values[i + 1] for i in range(1, len(values) - 1, 2)}
-
-
-def _uints(data: bytes) -> list[int]:
-    out, value, shift = [], 0, 0
-    for byte in data:
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            out.append(value)
-            value, shift = 0, 0
-    return out
-
-
 def _beyond(shape: Shape, before: bytes) -> bool:
     """Whether ``shape`` reaches past the state ``before``: structs or
     deletions pycrdt keeps pending until what they need arrives, and which
     must be stored like any change."""
-    known = _state(before)
+    known = decode_state_vector(before)
     return any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()) or any(
         end > known.get(c, 0) for c, end in shape.deletes.items()
     )

@@ -54,6 +54,7 @@ __all__ = [
     "coalesce",
     "decode",
     "decode_jupyter",
+    "decode_state_vector",
     "encode",
     "encode_raw",
     "encode_update",
@@ -299,3 +300,15 @@ def coalesce(messages: list[Message]) -> list[Message]:
         for i, m in enumerate(messages)
         if not isinstance(m, SyncStep1 | QueryAwareness) or last[type(m)] == i
     ]
+
+
+def decode_state_vector(state: bytes) -> dict[int, int]:
+    """A Yjs state vector (``varUint(n) { varUint(client) varUint(clock) }``)
+    as ``{client: clock}``; its byte order follows a hash map, so compare it
+    decoded.
+
+    Raises:
+        DecodeError: truncated or malformed.
+    """
+    reader = Reader(state)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}

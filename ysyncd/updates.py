@@ -9,19 +9,14 @@ Format v1 (Yjs ``src/utils/encoding.js``, lib0's ``encoding.js``)::
     deleteSet = varUint(clients) { varUint(client) varUint(n) { varUint(clock)
                 varUint(length) }* }
 
-Two jobs, both iterative (nothing here recurses, whatever the input):
-
-- :func:`walk` checks the limits pycrdt needs. It overflows its stack on
+:func:`walk` checks, iteratively (nothing here recurses, whatever the
+input), the limits pycrdt needs. It overflows its stack on
   deeply nested ``Any`` values (SIGSEGV at about 100,000 levels, which fit in
   200 KB), and the Python side recurses on nested JSON and shared types. Depth
   is counted in ``Any`` values, in the JSON text of JSON, embed and format
   contents, and in chains of shared types that one update creates.
-- :func:`pieces` cuts an update into smaller ones that, applied in turn, make
-  the same document: runs of structs in an order where each struct's
-  dependencies (its origin, right origin and parent, and its client's earlier
-  clocks) come first, then the delete set in chunks. So a big update can be
-  applied a slice at a time, and never waits in pycrdt's pending set for a
-  struct of a later piece.
+With a :class:`Layout`, it also records where each struct is and what it
+depends on, for :mod:`ysyncd.pieces` to cut the update into smaller ones.
 
 A length is a clock: a string counts UTF-16 code units, as in Yjs.
 
@@ -34,23 +29,22 @@ the top) and client ids past 2**53 (lib0's and pycrdt's limit).
 
 from __future__ import annotations
 
-import heapq
 import re
 from array import array
-from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from ysyncd.errors import InvalidUpdate, PolicyViolation
 
 __all__ = [
     "MAX_CLOCK",
+    "STEP",
     "Layout",
     "Limits",
+    "Reader",
+    "Section",
     "Shape",
     "TooNested",
-    "delete_pieces",
-    "pieces",
     "shape_of",
     "walk",
 ]
@@ -69,8 +63,8 @@ MAX_CLOCK = 2**31
 _MAX_CLIENT = 2**53
 # JSON text: strings (skipped) and the brackets a parser would recurse on.
 _JSON_TOKENS = re.compile(r'"(?:\\.|[^"\\])*"|[\[\]{}]')
-# Structs walked between two yields of :func:`walk`.
-_STEP = 4096
+#: Structs (or delete ranges) walked between two pauses.
+STEP = 4096
 
 
 class TooNested(PolicyViolation):
@@ -107,7 +101,7 @@ class Shape:
 
 
 @dataclass(slots=True)
-class _Section:
+class Section:
     """One client's structs in an update, as :func:`pieces` needs them."""
 
     client: int
@@ -120,13 +114,13 @@ class _Section:
 class Layout:
     """Where an update's structs are, and what each waits for elsewhere in it."""
 
-    sections: list[_Section] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
     #: (section, struct index, other client, clock): a dependency on another
     #: client's struct (resolved against the update in :func:`pieces`).
     deps: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
-class _Reader:
+class Reader:
     """A bounds-checked cursor; raises InvalidUpdate on anything malformed."""
 
     __slots__ = ("data", "end", "pos")
@@ -213,7 +207,7 @@ def _json_depth(text: str, limit: int) -> int:
     return deepest
 
 
-def _any_depth(r: _Reader, limit: int) -> int:
+def _any_depth(r: Reader, limit: int) -> int:
     """Skip one Any value; return how deeply it nests (an array or object
     is one level)."""
     stack: list[tuple[int, bool]] = []  # the enclosing levels: (left, object)
@@ -248,7 +242,7 @@ def _any_depth(r: _Reader, limit: int) -> int:
             raise InvalidUpdate(f"unknown Any tag {tag}")
 
 
-def _content(r: _Reader, ref: int, limit: int) -> tuple[int, int]:
+def _content(r: Reader, ref: int, limit: int) -> tuple[int, int]:
     """Skip an item's content; return its length (in clocks) and depth."""
     if ref == _STRING:
         return _utf16_length(r.string()), 0
@@ -321,7 +315,7 @@ def _walk(
     layout: Layout | None,
     runs: dict[int, list[tuple[int, int, _Parent]]] | None,
 ) -> Generator[None, None, None]:
-    r = _Reader(update)
+    r = Reader(update)
     limit = limits.max_depth
     for _ in range(r.uint()):
         count, client = r.uint(), r.uint()
@@ -333,11 +327,11 @@ def _walk(
             raise InvalidUpdate("a client's structs appear twice")
         shape.clocks[client] = (0, 0)
         first = clock = r.uint()
-        section = _Section(client) if layout is not None else None
+        section = Section(client) if layout is not None else None
         client_runs: list[tuple[int, int, _Parent]] = []
         for index in range(count):
             shape.structs += 1
-            if shape.structs % _STEP == 0:
+            if shape.structs % STEP == 0:
                 yield
             if section is not None:
                 section.offsets.append(r.pos)
@@ -410,7 +404,7 @@ def _walk(
             if end >= MAX_CLOCK:
                 raise InvalidUpdate(f"deleted clock {end} is over 2**31")
             shape.delete_ranges += 1
-            if shape.delete_ranges % _STEP == 0:
+            if shape.delete_ranges % STEP == 0:
                 yield
         shape.deletes[client] = end
     if r.pos != r.end:
@@ -486,137 +480,3 @@ def shape_of(update: bytes, limits: Limits, layout: Layout | None = None) -> Sha
         except StopIteration as done:
             shape: Shape = done.value
             return shape
-
-
-def _uint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def pieces(
-    update: bytes, shape: Shape, layout: Layout, *, max_structs: int, max_ranges: int
-) -> Iterator[bytes]:
-    """``update`` as smaller updates that, applied in order, give the same doc.
-
-    Struct runs come in an order where each struct's dependencies inside the
-    update are in an earlier piece or the same one (a cycle, which no causal
-    history has, is broken by order), at most ``max_structs`` structs a piece;
-    then the delete set, at most ``max_ranges`` ranges a piece. Every few
-    thousand steps of work an empty ``b""`` comes instead of a piece: a point
-    where the caller may pause.
-    """
-    for runs in _causal_runs(shape, layout, max_structs):
-        yield _struct_piece(update, layout, runs) if runs else b""
-    yield from delete_pieces(update, shape.delete_set_at, max_ranges)
-
-
-def _causal_runs(
-    shape: Shape, layout: Layout, max_structs: int
-) -> Generator[list[tuple[int, int, int]], None, None]:
-    """Pieces as lists of (section, first struct, end struct)."""
-    sections = layout.sections
-    by_client = {s.client: i for i, s in enumerate(sections)}
-    # What each struct waits for in another section: (section, clock).
-    waits: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for step, (at, index, client, clock) in enumerate(layout.deps, 1):
-        if step % _STEP == 0:
-            yield []  # a pause
-        other = by_client.get(client)
-        if other is None:
-            continue  # in the doc already, or missing: not ours to order
-        first, end = shape.clocks[client]
-        if first <= clock < end:
-            waits.setdefault((at, index), []).append((other, clock))
-    done = [s.clocks[0] for s in sections]  # clocks below this are emitted
-    cursor = [0] * len(sections)
-    ready = deque(range(len(sections)))
-    queued = [True] * len(sections)
-    blocked: list[list[tuple[int, int]]] = [[] for _ in sections]  # heaps
-    piece: dict[int, list[int]] = {}
-    size = 0
-    left = sum(len(s.offsets) - 1 for s in sections)
-    while left:
-        if not ready:
-            # A cycle: take the next struct of the first unfinished section.
-            forced = next(
-                i for i, s in enumerate(sections) if cursor[i] < len(s.offsets) - 1
-            )
-            ready.append(forced)
-            queued[forced] = True
-            waits.pop((forced, cursor[forced]), None)
-        i = ready.popleft()
-        queued[i] = False
-        section = sections[i]
-        last = len(section.offsets) - 1
-        while cursor[i] < last:
-            index = cursor[i]
-            pending = [w for w in waits.get((i, index), ()) if w[1] >= done[w[0]]]
-            if pending:
-                other, clock = pending[0]
-                heapq.heappush(blocked[other], (clock, i))
-                break
-            waits.pop((i, index), None)
-            span = piece.setdefault(i, [index, index])
-            span[1] = index + 1
-            cursor[i] = index + 1
-            done[i] = section.clocks[index + 1]
-            size += 1
-            left -= 1
-            waiting = blocked[i]
-            while waiting and waiting[0][0] < done[i]:
-                _, woken = heapq.heappop(waiting)
-                if not queued[woken]:
-                    ready.append(woken)
-                    queued[woken] = True
-            if size >= max_structs:
-                yield [(s, a, b) for s, (a, b) in piece.items()]
-                piece, size = {}, 0
-    if piece:
-        yield [(s, a, b) for s, (a, b) in piece.items()]
-
-
-def _struct_piece(
-    update: bytes, layout: Layout, runs: list[tuple[int, int, int]]
-) -> bytes:
-    parts = [_uint(len(runs))]
-    for index, first, end in runs:
-        section = layout.sections[index]
-        parts += [
-            _uint(end - first),
-            _uint(section.client),
-            _uint(section.clocks[first]),
-            update[section.offsets[first] : section.offsets[end]],
-        ]
-    parts.append(b"\x00")  # no delete set
-    return b"".join(parts)
-
-
-def delete_pieces(
-    update: bytes, at: int, max_ranges: int
-) -> Generator[bytes, None, None]:
-    r = _Reader(update)
-    r.pos = at
-    chunk: list[bytes] = []  # per client: client, count, ranges
-    count = 0
-    for _ in range(r.uint()):
-        client = r.uint()
-        ranges = r.uint()
-        start = r.pos
-        taken = 0
-        for _ in range(ranges):
-            r.uint()
-            r.uint()
-            taken += 1
-            count += 1
-            if count == max_ranges:
-                chunk.append(_uint(client) + _uint(taken) + update[start : r.pos])
-                yield b"\x00" + _uint(len(chunk)) + b"".join(chunk)
-                chunk, count, taken, start = [], 0, 0, r.pos
-        if taken:
-            chunk.append(_uint(client) + _uint(taken) + update[start : r.pos])
-    if chunk:
-        yield b"\x00" + _uint(len(chunk)) + b"".join(chunk)

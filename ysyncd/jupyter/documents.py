@@ -53,7 +53,7 @@ from jupyter_ydoc.ynotebook import (
     NBFORMAT_MINOR_VERSION,
     YNotebook,
 )
-from pycrdt import Array, Doc, Map
+from pycrdt import Array, Doc, Map, write_var_uint
 
 from ysyncd.errors import InvalidRoomName
 from ysyncd.jupyter.files import BadFile
@@ -475,7 +475,7 @@ def _canonical(r: _Reader) -> bytes:
     deletes.sort(key=lambda d: -d[0])
     return b"".join(
         [
-            _uint(len(clients)),
+            write_var_uint(len(clients)),
             *(c for _, c in clients),
             *counts,
             *(d for _, d in deletes),
@@ -522,7 +522,7 @@ def _struct(r: _Reader) -> bytes:
     elif ref == 8:  # Any values
         count = r.uint()
         values = [_any(r) for _ in range(count)]
-        return head + _uint(count) + b"".join(values)
+        return head + write_var_uint(count) + b"".join(values)
     elif ref == 9:  # a subdocument: guid, options
         r.skip_bytes()
         return head + r.since(start) + _any(r)
@@ -554,19 +554,10 @@ def _any(r: _Reader) -> bytes:
             key = r.since(key_start)
             entries.append((key, _any(r)))
         entries.sort(key=lambda e: e[0])
-        return b"\x76" + _uint(count) + b"".join(k + v for k, v in entries)
+        return b"\x76" + write_var_uint(count) + b"".join(k + v for k, v in entries)
     elif tag == 117:  # array
         count = r.uint()
-        return b"\x75" + _uint(count) + b"".join(_any(r) for _ in range(count))
+        return b"\x75" + write_var_uint(count) + b"".join(_any(r) for _ in range(count))
     else:
         raise _Unsupported(f"Any tag {tag}")
     return r.since(start)
-
-
-def _uint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)

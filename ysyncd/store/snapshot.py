@@ -23,8 +23,9 @@ from pycrdt import Doc, get_update
 
 from ysyncd.errors import DecodeError, StoreError, YsyncdError
 from ysyncd.integrate import is_panic
-from ysyncd.protocol import Reader
-from ysyncd.updates import Layout, Limits, pieces, shape_of
+from ysyncd.pieces import pieces
+from ysyncd.protocol import Reader, decode_state_vector
+from ysyncd.updates import Layout, Limits, shape_of
 
 #: Our own history is walked for its layout only: no limit but the stack's.
 _NO_LIMITS = Limits(max_depth=2**62)
@@ -63,7 +64,7 @@ def prepare(
     try:
         doc = doc_from_updates(updates)
         state = doc.get_update()
-        clocks = _state_vector(doc.get_state())
+        clocks = decode_state_vector(doc.get_state())
         integrated = doc.get_state()
         pending = [u for u in updates if not _is_integrated(u, integrated, clocks)]
         layout = Layout()
@@ -87,11 +88,6 @@ def doc_from_updates(updates: Sequence[bytes]) -> Doc[Any]:
     for update in updates:
         doc.apply_update(update)
     return doc
-
-
-def _state_vector(state: bytes) -> dict[int, int]:
-    reader = Reader(state)
-    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
 
 
 def _is_integrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bool:
@@ -122,7 +118,7 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
         doc = doc_from_updates(updates)
         snapshot = doc.get_update()
         state = doc.get_state()
-        clocks = _state_vector(state)
+        clocks = decode_state_vector(state)
         pending = [
             i for i, u in enumerate(updates) if not _is_integrated(u, state, clocks)
         ]
@@ -133,7 +129,7 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
         check.apply_update(snapshot)
         same = (
             check.get_update() == snapshot
-            and _state_vector(check.get_state()) == clocks
+            and decode_state_vector(check.get_state()) == clocks
         )
     except (ValueError, RuntimeError, DecodeError) as exc:
         raise StoreError(f"stored updates do not apply: {exc}") from exc
