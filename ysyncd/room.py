@@ -48,6 +48,7 @@ from ysyncd.integrate import (
     UpdateTooCostly,
     apply_in_slices,
     apply_update,
+    is_panic,
 )
 from ysyncd.protocol import (
     Awareness,
@@ -522,6 +523,12 @@ class Room:
                 diff = self.doc.get_update(state_vector)
             except (ValueError, RuntimeError) as exc:
                 raise InvalidUpdate(f"bad state vector: {exc}") from exc
+            except BaseException as exc:
+                if not is_panic(exc):
+                    raise
+                # Reading the doc panicked: nothing changed, only the answer
+                # is lost, and the peer with it.
+                raise InvalidUpdate(f"bad state vector: {exc}") from None
             frame = encode(SyncStep2(diff))
             if len(answers[1]) >= _ANSWERS_KEPT:
                 answers[1].pop(next(iter(answers[1])))

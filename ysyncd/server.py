@@ -47,7 +47,7 @@ from ysyncd.errors import (
     StoreError,
     UnsupportedFrame,
 )
-from ysyncd.integrate import UpdatePolicy
+from ysyncd.integrate import UpdatePolicy, is_panic
 from ysyncd.jupyter.files import FileError, FileGone
 from ysyncd.jupyter.service import JupyterRooms, unknown_session
 from ysyncd.keepalive import DrainWatch, Keepalive
@@ -266,6 +266,16 @@ class _App:
         self.stats.count("connections")
         try:
             await self._serve_peer(conn, admission)
+        except Exception as exc:  # noqa: BLE001 - logged by Stats.failed
+            # A bug a client can trigger must cost that client its
+            # connection, not the log a traceback per connection.
+            self.stats.failed("serving a connection", exc)
+            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            self.stats.failed("serving a connection (pycrdt panicked)", exc)
+            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self.connections -= 1
             # Count the code we sent when we closed; otherwise the peer's.
