@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from ysyncd.errors import InvalidUpdate
+from ysyncd.integrate import apply_update
 from ysyncd.pieces import pieces
 from ysyncd.protocol import decode_state_vector as clocks
 from ysyncd.updates import Layout, Limits, TooNested, shape_of
@@ -204,10 +205,27 @@ def test_a_chain_of_shared_types_in_one_update_is_capped(via: str) -> None:
         b"\x01",
         b"\x01\x01\x07\x00\x1f",  # unknown content type 31
         b"\x01\x01\x07\x00\x04\x01\x01a\x05ab",  # string length past the end
-        b"\x00\x00\x00",  # trailing byte
         b"\x01\x01\x07\x00\x04\x01\x01a\x02\xff\xfe\x00",  # invalid UTF-8
     ],
 )
 def test_malformed_updates_are_invalid(update: bytes) -> None:
     with pytest.raises(InvalidUpdate):
         shape_of(update, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [b"\x00\x01\x07\x05", b"\x00\x01\x07\x01\x03"],
+    ids=["ranges-missing", "range-truncated"],
+)
+def test_a_malformed_delete_set_is_refused_with_the_doc_untouched(
+    update: bytes,
+) -> None:
+    """The walk counts the delete set without reading it; pycrdt reads it,
+    and refuses it whole before changing anything."""
+    doc: Doc[Any] = Doc()
+    doc.get("text", type=Text).insert(0, "kept")
+    before = doc.get_update()
+    with pytest.raises(InvalidUpdate):
+        apply_update(doc, update, shape_of(update, LIMITS))
+    assert doc.get_update() == before

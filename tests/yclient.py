@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.timing import scaled
 from ysyncd import awareness, protocol
-from ysyncd.updates import Limits, shape_of
+from ysyncd.updates import Limits, delete_ends, shape_of
 
 
 class YClient:
@@ -213,7 +213,8 @@ def _contains(view: Doc, update: bytes) -> bool:
     known = protocol.decode_state_vector(view.get_state())
     if any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()):
         return False
-    if any(end > known.get(c, 0) for c, end in shape.deletes.items()):
+    ends = delete_ends(update, shape.delete_set_at)
+    if any(end > known.get(c, 0) for c, end in ends.items()):
         return False
     if not shape.delete_ranges:
         return True

@@ -32,7 +32,7 @@ from pycrdt import Doc
 from ysyncd.errors import InvalidUpdate, PolicyViolation
 from ysyncd.pieces import delete_pieces, pieces
 from ysyncd.protocol import decode_state_vector
-from ysyncd.updates import Layout, Limits, Shape, shape_of, walk
+from ysyncd.updates import Layout, Limits, Shape, delete_ends, shape_of, walk
 
 __all__ = [
     "HalfApplied",
@@ -123,14 +123,17 @@ def _integrate(doc: Doc[Any], update: bytes, observe: bool) -> tuple[bool, bytes
     return (bool(fired) if observe else after != before), before
 
 
-def _beyond(shape: Shape, before: bytes) -> bool:
+def _beyond(update: bytes, shape: Shape, before: bytes) -> bool:
     """Whether ``shape`` reaches past the state ``before``: structs or
     deletions pycrdt keeps pending until what they need arrives, and which
     must be stored like any change."""
     known = decode_state_vector(before)
-    return any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()) or any(
-        end > known.get(c, 0) for c, end in shape.deletes.items()
-    )
+    if any(end > known.get(c, 0) for c, (_, end) in shape.clocks.items()):
+        return True
+    if not shape.delete_ranges:
+        return False
+    ends = delete_ends(update, shape.delete_set_at)
+    return any(end > known.get(c, 0) for c, end in ends.items())
 
 
 def apply_update(doc: Doc[Any], update: bytes, shape: Shape | None = None) -> bool:
@@ -152,7 +155,7 @@ def apply_update(doc: Doc[Any], update: bytes, shape: Shape | None = None) -> bo
     shape = shape or shape_of(update, _NO_LIMITS)
     if shape.delete_ranges and not deletes:
         return True  # a delete set ending in a 0: cannot tell, so keep it
-    return _beyond(shape, before)
+    return _beyond(update, shape, before)
 
 
 async def apply_in_slices(
@@ -214,7 +217,7 @@ async def apply_in_slices(
                     f"applying the update took over {budget:.1f} s of CPU"
                 )
         slice_started = await _pause(slice_started)
-    return changed or _beyond(shape, before)
+    return changed or _beyond(update, shape, before)
 
 
 async def apply_pieces(doc: Doc[Any], parts: list[bytes]) -> None:
