@@ -1,7 +1,8 @@
 """Measured windows and latencies.
 
-A window is fixed in time (perf_counter ns). The server's CPU time is read from
-/proc at its start and its end; so is the load generator's own. Python's cyclic
+A window is fixed in time (perf_counter ns). The server's CPU time (its child
+processes' included: ysyncd's worker) is read from /proc at its start and its
+end; so is the load generator's own. Python's cyclic
 garbage collector is paused inside the window, so that its pauses do not show up
 as server latency (reference counting still frees memory meanwhile).
 """
@@ -37,8 +38,11 @@ class Usage:
     """What one measured window cost."""
 
     wall_s: float
+    #: The server's own CPU time and its child processes'.
     server_cpu_s: float
     loadgen_cpu_s: float
+    #: Of ``server_cpu_s``, what its child processes took.
+    children_cpu_s: float = 0.0
 
     @property
     def server_cpu_pct(self) -> float:
@@ -61,13 +65,16 @@ async def measure_window(server: RunningServer, start_ns: int, end_ns: int) -> U
     gc.disable()
     try:
         t0 = time.perf_counter_ns()
-        server0, self0 = server.cpu_seconds(), procstat.self_cpu_seconds()
+        kids0 = server.children_cpu_seconds()
+        server0, self0 = procstat.cpu_seconds(server.pid), procstat.self_cpu_seconds()
         await sleep_until(end_ns)
         t1 = time.perf_counter_ns()
-        server1, self1 = server.cpu_seconds(), procstat.self_cpu_seconds()
+        server1, self1 = procstat.cpu_seconds(server.pid), procstat.self_cpu_seconds()
+        kids1 = server.children_cpu_seconds()
     finally:
         gc.enable()
-    return Usage((t1 - t0) / 1e9, server1 - server0, self1 - self0)
+    kids = kids1 - kids0
+    return Usage((t1 - t0) / 1e9, server1 - server0 + kids, self1 - self0, kids)
 
 
 async def measure_during(

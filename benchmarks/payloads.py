@@ -31,6 +31,7 @@ __all__ = [
     "StructId",
     "awareness_message",
     "decode_awareness",
+    "diff_history",
     "doc_state",
     "first_struct_id",
     "frame_client",
@@ -152,6 +153,39 @@ def history(client_id: int, count: int) -> History:
     Cached: every run of a case sends the same updates.
     """
     updates, doc = _writer(client_id, count)
+    framed = [(update, encode_update(update)) for update in updates]
+    return History(client_id, framed, doc_state(doc))
+
+
+@lru_cache(maxsize=4)
+def diff_history(client_id: int, count: int, delete_every: int) -> History:
+    """``count`` updates by a writer that sends diffs against its last state.
+
+    Like :func:`history`, each update inserts a token right after the ``"["``;
+    every ``delete_every``-th one also deletes the middle character of the
+    token before it, so the deletions never touch: N updates leave N /
+    ``delete_every`` separate deleted ranges. Each update is
+    ``get_update(state vector before)``, as some clients send them, and such a
+    diff carries the document's whole delete set, so the updates grow as the
+    document is edited: 12,000 of them, one in 8 deleting, hold about 30 MB.
+    """
+    if delete_every < 2:
+        raise ValueError("delete_every must be at least 2, or deletions touch")
+    doc: Doc[Any] = Doc(client_id=client_id)
+    text = doc.get(TEXT, type=Text)
+    updates: list[bytes] = []
+    state = doc.get_state()
+    for i in range(-1, count - 1):
+        with doc.transaction():
+            if i < 0:
+                text.insert(0, "[]")
+            else:
+                text.insert(1, _token(i))
+                if i % delete_every == delete_every - 1:
+                    # "[" + the new token (1-3), then the one before it (4-6).
+                    del text[5]
+        updates.append(doc.get_update(state))
+        state = doc.get_state()
     framed = [(update, encode_update(update)) for update in updates]
     return History(client_id, framed, doc_state(doc))
 

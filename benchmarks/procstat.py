@@ -8,18 +8,47 @@ import resource
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` from field 3 (state) on."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # Field 2 (comm) is in parentheses and may hold spaces: split after it.
+    return data[data.rindex(b")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid``, all of its threads included.
 
     The resolution is one clock tick (10 ms with the usual ``CLK_TCK`` of 100),
     so measured windows must be seconds long.
     """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    # Field 2 (comm) is in parentheses and may hold spaces: split after it.
-    fields = data[data.rindex(b")") + 2 :].split()
+    fields = _stat(pid)
     # fields[0] is field 3 (state), so utime (14) and stime (15) are 11 and 12.
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``'s descendants: those running (ysyncd's worker
+    process), and those that exited and were waited for (cutime, cstime)."""
+    fields = _stat(pid)
+    total = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(_stat(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+            parents.setdefault(ppid, []).append(int(entry))
+    todo = list(parents.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue
+        todo += parents.get(child, ())
+    return total
 
 
 def rss_bytes(pid: int) -> int:

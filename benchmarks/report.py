@@ -36,8 +36,9 @@ NOTES = """\
   rounds' percentiles. ↓ lower is better, ↑ higher is better.
 - A delivery is one update (or awareness update) received by one client,
   the sender's own echo included; both servers echo to the sender.
-- Server CPU is utime+stime of the server process from /proc, read at the
-  start and end of each window (10 ms resolution).
+- Server CPU is utime+stime of the server process and its child processes
+  (ysyncd's worker) from /proc, read at the start and end of each window
+  (10 ms resolution).
 - Every run checks convergence: each client's document, rebuilt from what it
   sent and received, must equal a fresh reader's, and hold every update sent.
 

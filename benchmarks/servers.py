@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator
@@ -98,13 +99,14 @@ class _Tail:
 
     With a pattern, ``ready`` is set at the first line that matches it, or at
     end of file (then ``match`` stays None). Warnings and errors are kept apart
-    (the first few, and how many there were), to be reported.
+    (the first few, and how many there were), to be reported. Each line is kept
+    with the time it was read (``time.perf_counter_ns()``).
     """
 
     def __init__(
         self, stream: asyncio.StreamReader | None, pattern: re.Pattern[str] | None
     ) -> None:
-        self.lines: deque[str] = deque(maxlen=_LOG_LINES)
+        self.lines: deque[tuple[int, str]] = deque(maxlen=_LOG_LINES)
         self.match: re.Match[str] | None = None
         self.ready = asyncio.Event()
         self.alerts: list[str] = []
@@ -118,7 +120,7 @@ class _Tail:
         try:
             while stream is not None and (line := await stream.readline()):
                 text = line.decode(errors="replace").rstrip()
-                self.lines.append(text)
+                self.lines.append((time.perf_counter_ns(), text))
                 # An indented line after an alert is part of its traceback.
                 in_alert = bool(_ALERT.search(text)) or (in_alert and text[:1] == " ")
                 if in_alert:
@@ -162,14 +164,28 @@ class RunningServer:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        return procstat.cpu_seconds(self.pid)
+        """The server's CPU time, its child processes' included."""
+        return procstat.cpu_seconds(self.pid) + self.children_cpu_seconds()
+
+    def children_cpu_seconds(self) -> float:
+        """The CPU time of the server's child processes (ysyncd's worker)."""
+        return procstat.children_cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return procstat.rss_bytes(self.pid)
 
     def log_tail(self, lines: int = 20) -> str:
-        merged = [line for tail in self._tails for line in tail.lines]
+        merged = [line for tail in self._tails for _, line in tail.lines]
         return "\n".join(merged[-lines:])
+
+    def log_matches(self, pattern: re.Pattern[str]) -> list[tuple[int, re.Match[str]]]:
+        """The server's recent log lines that match, with the time each was read."""
+        return [
+            (t, match)
+            for tail in self._tails
+            for t, line in tail.lines
+            if (match := pattern.search(line)) is not None
+        ]
 
     def check_alive(self) -> None:
         """Raise ServerError if the server has exited (it should not, under load)."""
@@ -221,7 +237,7 @@ class ServerSpec(ABC):
             with contextlib.suppress(TimeoutError):  # judged just below
                 await asyncio.wait_for(ready.ready.wait(), START_TIMEOUT_S)
             if ready.match is None:
-                log = "\n".join([*out.lines, *err.lines][-20:])
+                log = "\n".join(line for _, line in [*out.lines, *err.lines][-20:])
                 raise ServerError(f"{self.name} did not start; its output:\n{log}")
             if port == 0:
                 port = int(ready.match.group(1))

@@ -137,5 +137,6 @@ def usage_values(usage: Usage, deliveries: int, outcome: Outcome) -> None:
         window_s=usage.wall_s,
         deliveries=deliveries,
         server_cpu_s=usage.server_cpu_s,
+        server_children_cpu_s=usage.children_cpu_s,
         loadgen_cpu_s=usage.loadgen_cpu_s,
     )

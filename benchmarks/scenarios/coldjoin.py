@@ -29,12 +29,47 @@ from benchmarks.scenarios.base import Case, Metric, Outcome, RunContext
 from benchmarks.servers import RunningServer, ServerSpec
 from benchmarks.stats import percentile
 
-__all__ = ["ColdJoinCase"]
+__all__ = ["ColdJoinCase", "write_history"]
 
 WRITER_ID = 7_777_777
 ECHO_TIMEOUT_S = 60.0
 SETTLE_S = 1.0
 _PREPARED = "prepared"
+
+
+async def write_history(
+    server: RunningServer,
+    room: str,
+    past: History,
+    ingest_window: int,
+    outcome: Outcome,
+) -> Client:
+    """Write ``past`` into ``room`` as its writer, keeping at most
+    ``ingest_window`` updates un-echoed, and wait for every echo.
+
+    Sets ``ingest_per_s``; returns the writer, still connected.
+    """
+    label = f"{room} writer"
+    writer = await Client.connect(
+        server.url, room, past.client_id, label=label, track_echo=True
+    )
+    try:
+        started = time.perf_counter_ns()
+        for update in past.updates:
+            await writer.wait_unechoed_below(ingest_window, ECHO_TIMEOUT_S)
+            await writer.send_update(update)
+        total = len(past.updates)
+        if not await wait_until(
+            lambda: writer.echoes >= total or writer.problem() is not None,
+            ECHO_TIMEOUT_S,
+        ):
+            raise LoadgenError(f"{label}: {total - writer.echoes} not echoed")
+        elapsed = (time.perf_counter_ns() - started) / 1e9
+        outcome.values["ingest_per_s"] = total / elapsed
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
 
 
 @dataclass(frozen=True)
@@ -88,27 +123,15 @@ class ColdJoinCase(Case):
     async def _write(
         self, server: RunningServer, past: History, outcome: Outcome
     ) -> None:
-        label = f"{self.room} writer"
-        writer = await Client.connect(
-            server.url, self.room, past.client_id, label=label, track_echo=True
+        writer = await write_history(
+            server, self.room, past, self.ingest_window, outcome
         )
         try:
-            started = time.perf_counter_ns()
-            for update in past.updates:
-                await writer.wait_unechoed_below(self.ingest_window, ECHO_TIMEOUT_S)
-                await writer.send_update(update)
-            total = len(past.updates)
-            if not await wait_until(
-                lambda: writer.echoes >= total or writer.problem() is not None,
-                ECHO_TIMEOUT_S,
-            ):
-                raise LoadgenError(f"{label}: {total - writer.echoes} not echoed")
-            elapsed = (time.perf_counter_ns() - started) / 1e9
-            outcome.values["ingest_per_s"] = total / elapsed
             state = client_state(writer)
             if state != past.expected:
                 outcome.problems.append(
-                    f"{label}: {state.describe()}, expected {past.expected.describe()}"
+                    f"{writer.label}: {state.describe()},"
+                    f" expected {past.expected.describe()}"
                 )
             if (problem := writer.problem()) is not None:
                 outcome.problems.append(problem)
