@@ -11,7 +11,6 @@ not ysyncd's) is printed as one line naming the flag, with exit status 2; see
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import errno
 import gc
@@ -42,9 +41,6 @@ __all__ = ["main"]
 log = logging.getLogger("ysyncd")
 
 F = Callable[..., Any]
-
-# mallopt's parameter for the mmap threshold (glibc's malloc.h).
-_M_MMAP_THRESHOLD = -3
 
 
 def _click_type(setting: Setting) -> Any:
@@ -217,24 +213,6 @@ def _run(main: Coroutine[Any, Any, int], choice: str) -> int:
     return asyncio.run(main)
 
 
-def _tune_malloc() -> None:
-    # glibc raises its mmap threshold each time a large block is freed (up to
-    # 32 MiB), after which big buffers (a document's sync answer waiting for
-    # a slow peer) come from the heap and are not handed back when freed. A
-    # fixed threshold keeps them mmapped, so memory returns once a peer is
-    # dropped.
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        log.debug("mallopt is not available; memory is not tuned")
-        return
-    if not mallopt(_M_MMAP_THRESHOLD, 256 * 1024):
-        log.debug("mallopt refused the mmap threshold")
-
-
 def _tune_gc() -> None:
     # Modules and startup objects never die: freezing them keeps every full
     # collection from walking them again. Rooms and peers are few, long-lived
@@ -249,7 +227,6 @@ async def _serve(
     settings: Settings, authorizer: Authorizer, tls: ssl.SSLContext | None
 ) -> int:
     _tune_gc()
-    _tune_malloc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -32,7 +32,15 @@ from pycrdt import Doc
 from ysyncd.errors import InvalidUpdate, PolicyViolation
 from ysyncd.pieces import delete_pieces, pieces
 from ysyncd.protocol import decode_state_vector
-from ysyncd.updates import Layout, Limits, Shape, delete_ends, shape_of, walk
+from ysyncd.updates import (
+    NO_LIMITS,
+    Layout,
+    Limits,
+    Shape,
+    delete_ends,
+    shape_of,
+    walk,
+)
 
 __all__ = [
     "HalfApplied",
@@ -45,8 +53,6 @@ __all__ = [
 ]
 
 MiB = 2**20
-#: Walking our own stored or decoded data: no limit but the stack's.
-_NO_LIMITS = Limits(max_depth=2**62)
 # How long a slice of work may run before other rooms get the loop back.
 _SLICE_SECONDS = 0.02
 
@@ -152,7 +158,7 @@ def apply_update(doc: Doc[Any], update: bytes, shape: Shape | None = None) -> bo
     changed, before = _integrate(doc, update, observe=deletes)
     if changed:
         return True
-    shape = shape or shape_of(update, _NO_LIMITS)
+    shape = shape or shape_of(update, NO_LIMITS)
     if shape.delete_ranges and not deletes:
         return True  # a delete set ending in a 0: cannot tell, so keep it
     return _beyond(update, shape, before)

@@ -38,6 +38,7 @@ from ysyncd.errors import InvalidUpdate, PolicyViolation
 
 __all__ = [
     "MAX_CLOCK",
+    "NO_LIMITS",
     "STEP",
     "Layout",
     "Limits",
@@ -85,6 +86,10 @@ class Limits:
     max_depth: int = 64
 
 
+#: For walking our own stored or re-encoded data: no limit but the stack's.
+NO_LIMITS = Limits(max_depth=2**62)
+
+
 @dataclass(slots=True)
 class Shape:
     """What :func:`walk` found in an update."""
@@ -96,8 +101,6 @@ class Shape:
     delete_ranges: int = 0
     #: Per client: the first clock and the end clock of its structs.
     clocks: dict[int, tuple[int, int]] = field(default_factory=dict)
-    #: Structs that create a shared type.
-    types: int = 0
     #: The deepest nesting seen (Any, JSON or shared types).
     depth: int = 0
     #: Where the delete set starts, in bytes.
@@ -395,7 +398,6 @@ def _walk(
         shape.clocks[client] = (first, clock)
         if runs is not None:
             runs[client] = client_runs
-    shape.types = len(types)
     shape.delete_set_at = r.pos
     # The delete set holds no content and nothing pycrdt recurses on; pycrdt
     # validates it, and a clock it panics on is caught like any panic. Its

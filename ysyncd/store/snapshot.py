@@ -25,10 +25,7 @@ from ysyncd.errors import DecodeError, StoreError, YsyncdError
 from ysyncd.integrate import is_panic
 from ysyncd.pieces import pieces
 from ysyncd.protocol import Reader, decode_state_vector
-from ysyncd.updates import Layout, Limits, shape_of
-
-#: Our own history is walked for its layout only: no limit but the stack's.
-_NO_LIMITS = Limits(max_depth=2**62)
+from ysyncd.updates import NO_LIMITS, Layout, shape_of
 
 __all__ = ["Prepared", "Snapshot", "build_snapshot", "doc_from_updates", "prepare"]
 
@@ -68,7 +65,7 @@ def prepare(
         integrated = doc.get_state()
         pending = [u for u in updates if not _is_integrated(u, integrated, clocks)]
         layout = Layout()
-        shape = shape_of(state, _NO_LIMITS, layout)
+        shape = shape_of(state, NO_LIMITS, layout)
         parts = pieces(
             state, shape, layout, max_structs=max_structs, max_ranges=max_ranges
         )
