@@ -16,8 +16,8 @@ import concurrent.futures
 import contextlib
 import json
 import re
+import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -441,47 +441,38 @@ async def probing(server: ServerProcess, room: str) -> AsyncIterator[Probe]:
 
     The server relays an awareness update to its sender too, so each round
     trip is one message through the server's event loop, with no commit. A
-    stall of the loop delays the round trip under way or the next one.
+    stall of the loop delays the round trip under way or the next one. The
+    probe runs in a process of its own (tests/probe.py), so that this
+    process's CPU work cannot pass for a stall of the server.
     """
     probe = Probe()
-    client_id = 777_000 + len(room)
-    ws = await connect(
-        f"{server.url}/{room}", compression=None, proxy=None, open_timeout=scaled(10)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.probe",
+        server.url,
+        room,
+        str(777_000 + len(room)),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
-    stop = asyncio.Event()
-
-    async def round_trips() -> None:
-        for clock in range(1, 10_000_000):
-            if stop.is_set():
-                return
-            state = json.dumps({"probe": clock})
-            started = time.perf_counter()
-            await ws.send(awareness_frame((client_id, clock, state)))
-            async with asyncio.timeout(scaled(60)):
-                while True:
-                    frame = await ws.recv()
-                    assert isinstance(frame, bytes)
-                    if any(
-                        isinstance(m, protocol.Awareness)
-                        and (client_id, clock, state) in decode_update(m.update)
-                        for m in protocol.decode(frame)
-                    ):
-                        break
-            probe.times.append(time.perf_counter() - started)
-            # 25 a second: under --awareness-rate (30/s), above which the
-            # server merges updates and relays them at its next tick.
-            await asyncio.sleep(0.04)
-
-    task = asyncio.create_task(round_trips())
+    assert child.stdin is not None and child.stdout is not None
     try:
-        await wait_until(lambda: len(probe.times) >= 3, "the probe's first round trips")
+        async with asyncio.timeout(scaled(30)):
+            ready = await child.stdout.readline()
+        assert ready == b"ready\n", ready
         yield probe
-        assert not task.done(), task
+        assert child.returncode is None, "the probe ended early"
+        child.stdin.close()
+        async with asyncio.timeout(scaled(150)):
+            times = await child.stdout.readline()
+            await child.wait()
+        assert child.returncode == 0, child.returncode
+        probe.times.extend(json.loads(times))
     finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await asyncio.wait_for(task, scaled(60))
-        await ws.close()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
 
 
 def rss(pid: int) -> int:
@@ -531,8 +522,12 @@ def many_structs_update(client: int, structs: int) -> bytes:
 
 
 async def big_room(server: ServerProcess, room: str, structs: int = BIG_STRUCTS) -> str:
-    """Fill ``room`` with a document costly to encode; return its text."""
-    update = many_structs_update(55_001, structs)
+    """Fill ``room`` with a document costly to encode; return its text.
+
+    Building the update takes seconds of this process's CPU, which would stall
+    a probe running beside it here, not the server's: it is built in a thread.
+    """
+    update = await asyncio.to_thread(many_structs_update, 55_001, structs)
     async with YClient.connect(server.url, room) as writer:
         writer.unconfirmed.add(update)
         await writer.ws.send(protocol.encode_update(update))
