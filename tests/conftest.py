@@ -9,6 +9,14 @@ import pytest
 
 from tests.hostile import hostile, rooms  # noqa: F401 - fixtures
 from tests.serverproc import ServerProcess, running_server
+from tests.services import (  # noqa: F401 - fixtures
+    own_postgres,
+    own_redis,
+    pg_url,
+    postgres_server,
+    redis_server,
+    redis_url,
+)
 
 
 @pytest.fixture

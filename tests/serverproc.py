@@ -20,8 +20,9 @@ class ServerProcess:
     """Start, stop, kill and restart one ysyncd server process."""
 
     def __init__(
-        self, db: Path, *args: str, env: Mapping[str, str] | None = None
+        self, db: Path | str, *args: str, env: Mapping[str, str] | None = None
     ) -> None:
+        #: A SQLite file, or a ``postgresql://`` URL.
         self.db = db
         self.args = list(args)
         self.env = dict(env or {})
@@ -118,7 +119,7 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    db: Path, *args: str, env: Mapping[str, str] | None = None
+    db: Path | str, *args: str, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[ServerProcess]:
     server = ServerProcess(db, *args, env=env)
     await server.start()

@@ -47,7 +47,7 @@ def test_environment_variables_and_flags_set_settings() -> None:
     assert result.exit_code == 0, result.output
     assert "port=999" in result.output
     assert "compact_after=77" in result.output
-    assert "PosixPath('x.db')" in result.output
+    assert "db='x.db'" in result.output
 
 
 def test_out_of_range_values_are_refused() -> None:

@@ -15,7 +15,8 @@ from ysyncd import protocol
 from ysyncd.awareness import decode_update
 from ysyncd.commits import Committer
 from ysyncd.errors import InvalidUpdate, PolicyViolation, TooLarge
-from ysyncd.room import AwarenessPolicy, Room
+from ysyncd.presence import AwarenessPolicy
+from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.store import Compaction, MemoryStore
 from ysyncd.updates import Limits, shape_of

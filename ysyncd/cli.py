@@ -31,7 +31,7 @@ import click
 from ysyncd import __version__, logs
 from ysyncd.auth import Authorizer, build_authorizer
 from ysyncd.config import Setting, Settings, describe, settings_table
-from ysyncd.errors import StoreOpenError
+from ysyncd.errors import BackplaneError, StoreOpenError
 from ysyncd.jupyter.files import open_files
 from ysyncd.server import serve as run_server
 from ysyncd.server import tls_context
@@ -54,9 +54,6 @@ def _click_type(setting: Setting) -> Any:
     if setting.type is float:
         return click.FloatRange(setting.minimum, setting.maximum)
     if setting.type in (Path, Path | None):
-        if setting.name == "db":
-            # The store checks it, and says what is wrong in one line.
-            return click.Path(path_type=Path, readable=False)
         return click.Path(path_type=Path, dir_okay=False)
     return str
 
@@ -183,6 +180,8 @@ def _startup_message(exc: BaseException, settings: Settings) -> str | None:
     host = settings.host or "every interface"
     if isinstance(exc, StoreOpenError):
         return f"--db {exc.path}: {exc.reason}"
+    if isinstance(exc, BackplaneError):
+        return f"--backplane {exc.url}: {exc.reason}"
     if isinstance(exc, socket.gaierror):
         reason = (exc.strerror or str(exc)).lower()
         return f"--host {settings.host}: does not resolve ({reason})"

@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,6 +107,8 @@ class Committer:
         self.healthy = True
         self.stats_commits = 0
         self.stats_compactions = 0
+        #: Told of every commit, after the rooms (a cluster publishes it).
+        self.on_commit: Callable[[list[tuple[str, bytes]]], None] | None = None
 
     @property
     def committed(self) -> int:
@@ -234,7 +237,8 @@ class Committer:
     async def _commit_next_batch(self) -> None:
         count = min(len(self._queue), self._batch_max)
         batch = [self._queue[i] for i in range(count)]
-        await self._append_with_retry([(p.room, p.update) for p in batch])
+        rows = [(p.room, p.update) for p in batch]
+        await self._append_with_retry(rows)
         for _ in range(count):
             self._queue.popleft()
         self._committed += count
@@ -252,8 +256,13 @@ class Committer:
                 pending.owner.durable(pending.seq)
             except Exception:  # one room's bug must not stall the others
                 log.exception("durability callback of room %r failed", pending.room)
-        for room, rows in added.items():
-            self._count(room, rows)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(rows)
+            except Exception:  # the commit stands; other nodes repair
+                log.exception("telling other nodes of a commit failed")
+        for room, count in added.items():
+            self._count(room, count)
         self._wake_flushers()
 
     async def _append_with_retry(self, rows: list[tuple[str, bytes]]) -> None:

@@ -56,7 +56,16 @@ class Settings:
     port: int = _setting(
         1234, "TCP port to listen on; 0 picks a free one.", minimum=0, maximum=65535
     )
-    db: Path = _setting(Path("ysyncd.db"), "SQLite database file; created if missing.")
+    db: str = _setting(
+        "ysyncd.db",
+        "Where updates are stored: a SQLite file (created if missing), or a "
+        "postgresql://USER@HOST:PORT/DBNAME URL shared by many nodes.",
+    )
+    backplane: str | None = _setting(
+        None,
+        "redis://HOST:PORT/DB: share rooms with other nodes on the same "
+        "PostgreSQL --db through this Redis (see Scaling out).",
+    )
     log_level: str = _setting(
         "info",
         "Logging threshold.",

@@ -146,3 +146,15 @@ class ForeignDatabase(StoreOpenError):
 
 class StoreInUse(StoreOpenError):
     """Another ysyncd holds the database's lock: two would split every room."""
+
+
+class BackplaneError(YsyncdError):
+    """The backplane cannot be used; :attr:`reason` says why, in a few words."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.reason}"

@@ -34,14 +34,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pycrdt import Doc
 
 from ysyncd.awareness import AwarenessStates, encode_entries
 from ysyncd.commits import Committer
-from ysyncd.errors import InvalidUpdate, PolicyViolation
+from ysyncd.errors import InvalidUpdate, PolicyViolation, YsyncdError
 from ysyncd.integrate import (
     HalfApplied,
     UpdatePolicy,
@@ -50,6 +49,7 @@ from ysyncd.integrate import (
     apply_update,
     is_panic,
 )
+from ysyncd.presence import AwarenessPolicy, Presence
 from ysyncd.protocol import (
     Awareness,
     Message,
@@ -63,16 +63,11 @@ from ysyncd.protocol import (
 )
 from ysyncd.updates import Shape, shape_of
 
-__all__ = ["AwarenessPolicy", "PeerLike", "Room", "RoomDocument", "RoomFailed"]
+__all__ = ["PeerLike", "Room", "RoomDocument", "RoomFailed"]
 
 log = logging.getLogger("ysyncd.room")
 
 _EMPTY_UPDATE = b"\x00\x00"
-#: Sync step 1 and query-awareness answers a peer gets at once, then the
-#: seconds between two more (y-websocket clients ask on connect, and on
-#: resyncs every few seconds at most).
-_REQUESTS_BURST = 4
-_REQUESTS_EVERY = 2.0
 #: Distinct state vectors whose sync step 2 answers are kept.
 _ANSWERS_KEPT = 2
 
@@ -123,37 +118,6 @@ class PeerLike(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class AwarenessPolicy:
-    """Limits on what one peer may do with awareness (see Settings)."""
-
-    timeout: float = 30.0
-    max_state_bytes: int = 64 * 1024
-    rate: float = 30.0
-    max_clients: int = 16
-
-
-@dataclass(slots=True)
-class _Presence:
-    """Per-peer bookkeeping: awareness, and what it may still ask for."""
-
-    #: Client IDs whose live state came through this peer.
-    ids: set[int] = field(default_factory=set)
-    #: How many client IDs this peer has introduced over its life.
-    introduced: int = 0
-    tokens: float = 0.0
-    refilled: float = 0.0
-    window_start: float = 0.0
-    window_count: int = 0
-    #: Whole-document requests it may make now, and when that was counted.
-    requests: float = _REQUESTS_BURST
-    requests_counted: float = 0.0
-    #: Requests over the rate, merged, for the next tick: the last state
-    #: vector asked for, and whether it asked for the awareness.
-    deferred_step1: bytes | None = None
-    deferred_query: bool = False
-
-
 Tainted = Callable[["Room"], None]
 #: Sends one message to many peers; transports can serialise it once.
 #: Sends messages, in order, to many peers; transports can serialise them once
@@ -187,6 +151,7 @@ class Room:
         "_held",
         "_on_taint",
         "_policy",
+        "_remote",
         "_tainted",
         "_updates",
         "awareness",
@@ -195,6 +160,7 @@ class Room:
         "failed",
         "key",
         "peers",
+        "publish_awareness",
         "refs",
     )
 
@@ -204,7 +170,7 @@ class Room:
         doc: Doc[Any],
         committer: Committer,
         *,
-        policy: AwarenessPolicy = AwarenessPolicy(),
+        policy: AwarenessPolicy = AwarenessPolicy(),  # noqa: B008 - frozen
         clock: Callable[[], float] = time.monotonic,
         on_taint: Tainted | None = None,
         fan_out: FanOut = send_each,
@@ -213,7 +179,7 @@ class Room:
         self.key = key
         self.doc = doc
         self.awareness = AwarenessStates()
-        self.peers: dict[PeerLike, _Presence] = {}
+        self.peers: dict[PeerLike, Presence] = {}
         #: Connections holding this room (joined or about to); see RoomRegistry.
         self.refs = 0
         #: True once the room gave up (a rebuild failed); its peers must leave.
@@ -243,6 +209,10 @@ class Room:
         self._held: list[_Held] = []
         # Awareness client IDs changed but not relayed yet (over-rate peers).
         self._coalesced: set[int] | None = None
+        #: Sends awareness this room relays to the other nodes (a cluster).
+        self.publish_awareness: Callable[[bytes], None] | None = None
+        # Awareness client IDs that came through each other node.
+        self._remote: dict[bytes, set[int]] | None = None
 
     @property
     def settled(self) -> bool:
@@ -261,7 +231,7 @@ class Room:
         if states is not None:
             peer.send(encode(Awareness(states)))
         now = self._clock()
-        self.peers[peer] = _Presence(tokens=self._policy.rate, refilled=now)
+        self.peers[peer] = Presence(tokens=self._policy.rate, refilled=now)
 
     def leave(self, peer: PeerLike) -> None:
         """Remove ``peer`` and announce that its awareness states are gone."""
@@ -269,7 +239,7 @@ class Room:
         if self._deferred:
             self._deferred.discard(peer)
         if presence and presence.ids:
-            self._remove_awareness(presence.ids)
+            self._remove_awareness(presence.ids, publish=True)
 
     @property
     def busy(self) -> bool:
@@ -341,39 +311,40 @@ class Room:
                 # quadratic time and memory (10,000 items: 1.6 s, 2.3 GB);
                 # in pieces they cost what separate updates do.
                 return self._apply_sliced(update, shape)
-        try:
-            changed = apply_update(self.doc, update, shape)
-        except HalfApplied:
-            self._taint()
-            raise
-        if changed:
+        if self._apply_now(update, shape):
             self.record(update)
         return None
 
     def apply_trusted(self, update: bytes) -> None:
         """Apply and record a server-side update (a file's content)."""
+        if self._apply_now(update):
+            self.record(update)
+
+    def _apply_now(self, update: bytes, shape: Shape | None = None) -> bool:
         try:
-            changed = apply_update(self.doc, update)
+            return apply_update(self.doc, update, shape)
         except HalfApplied:
             self._taint()
             raise
-        if changed:
-            self.record(update)
 
-    async def _apply_sliced(self, update: bytes, shape: Shape | None = None) -> None:
+    async def _apply_sliced(
+        self, update: bytes, shape: Shape | None = None, *, remote: bool = False
+    ) -> None:
         busy = self._busy = asyncio.Event()
         try:
             changed = await apply_in_slices(self.doc, update, self._updates, shape)
         except (HalfApplied, UpdateTooCostly) as exc:
             log.warning("room %r: undoing an update: %s", self.key, exc)
             self._taint()
+            if remote:
+                return  # committed already: the rebuild reads it from the store
             raise
         finally:
             if not self._tainted:
                 self._busy = None
                 busy.set()
         if changed:
-            self.record(update)
+            self._relay_remote(update) if remote else self.record(update)
 
     def record(self, update: bytes) -> None:
         """Store and echo an update already applied to :attr:`doc`.
@@ -448,10 +419,11 @@ class Room:
             self._coalesced = None
             if update is not None:
                 self._broadcast(encode(Awareness(update)))
+                self._publish(update)
         if self._deferred and self._busy is None:
             for peer in list(self._deferred):
                 presence = self.peers.get(peer)
-                if presence is None or not self._take_request(presence, now):
+                if presence is None or not presence.take_request(now):
                     continue
                 self._deferred.discard(peer)
                 step1, query = presence.deferred_step1, presence.deferred_query
@@ -474,7 +446,7 @@ class Room:
         presence = self.peers.get(peer)
         if presence is None:
             return  # gone: a closed peer costs nothing more
-        if self._take_request(presence, self._clock()):
+        if presence.take_request(self._clock()):
             self._answer(peer, step1, query)
             return
         # Over the rate: merged into one answer at a later tick.
@@ -484,17 +456,6 @@ class Room:
         if self._deferred is None:
             self._deferred = set()
         self._deferred.add(peer)
-
-    def _take_request(self, presence: _Presence, now: float) -> bool:
-        presence.requests = min(
-            _REQUESTS_BURST,
-            presence.requests + (now - presence.requests_counted) / _REQUESTS_EVERY,
-        )
-        presence.requests_counted = now
-        if presence.requests < 1:
-            return False
-        presence.requests -= 1
-        return True
 
     def _answer(self, peer: PeerLike, step1: bytes | None, query: bool) -> None:
         if step1 is not None:
@@ -555,7 +516,7 @@ class Room:
             raise PolicyViolation(f"more than {policy.max_clients} awareness clients")
         if presence.introduced > 4 * policy.max_clients:
             raise PolicyViolation("too many awareness clients over time")
-        if not self._within_rate(presence, now):
+        if not presence.within_rate(now, policy.rate):
             if self._coalesced is None:
                 self._coalesced = set()
             self._coalesced.update(client_id for client_id, _, _ in change.accepted)
@@ -566,29 +527,71 @@ class Room:
         if len(change.accepted) < change.entries:
             update = encode_entries(change.accepted)
         self._broadcast(encode(Awareness(update)))
+        self._publish(update)
 
-    def _within_rate(self, presence: _Presence, now: float) -> bool:
-        rate = self._policy.rate
-        if now - presence.window_start >= 1.0:
-            presence.window_start, presence.window_count = now, 0
-        presence.window_count += 1
-        if presence.window_count > 10 * rate:
-            raise PolicyViolation("awareness flood")
-        presence.tokens = min(
-            2 * rate, presence.tokens + (now - presence.refilled) * rate
-        )
-        presence.refilled = now
-        if presence.tokens >= 1:
-            presence.tokens -= 1
-            return True
-        return False
-
-    def _remove_awareness(self, client_ids: set[int] | list[int]) -> None:
+    def _remove_awareness(
+        self, client_ids: set[int] | list[int], *, publish: bool = False
+    ) -> None:
         removal = self.awareness.remove(client_ids, self._clock())
         if removal is not None:
             if self._coalesced:
                 self._coalesced.difference_update(client_ids)
             self._broadcast(encode(Awareness(removal)))
+            if publish:
+                self._publish(removal)
+
+    def _publish(self, update: bytes) -> None:
+        if self.publish_awareness is not None:
+            self.publish_awareness(update)
+
+    # What other nodes send (see ysyncd.cluster): already durable, or awareness.
+
+    def apply_remote(self, update: bytes) -> Awaitable[None] | None:
+        """Apply an update another node committed, and relay it to the peers.
+
+        It is durable already, so it goes out at once, not behind this node's
+        own commits. Big ones are applied a slice at a time, like a peer's.
+        """
+        if update == _EMPTY_UPDATE:
+            return None
+        if len(update) >= self._updates.slice_bytes:
+            return self._apply_sliced(update, remote=True)
+        if self._apply_now(update):
+            self._relay_remote(update)
+        return None
+
+    def _relay_remote(self, update: bytes) -> None:
+        self._answers = None  # the doc changed under the cached answers
+        self._broadcast(encode_update(update))
+
+    def apply_remote_awareness(self, origin: bytes, update: bytes) -> None:
+        """Apply awareness relayed by another node; relay it to the peers here."""
+        try:
+            change = self.awareness.apply(update, self._clock())
+        except YsyncdError as exc:
+            log.warning("room %r: bad awareness from another node: %s", self.key, exc)
+            return
+        if not change.accepted:
+            return
+        if self._remote is None:
+            self._remote = {}
+        ids = self._remote.setdefault(origin, set())
+        ids.update(change.added)
+        ids.difference_update(change.removed)
+        if len(change.accepted) < change.entries:
+            update = encode_entries(change.accepted)
+        self._broadcast(encode(Awareness(update)))
+
+    def drop_origin(self, origin: bytes) -> None:
+        """Another node died: its clients' awareness states go."""
+        if self._remote is not None:
+            ids = self._remote.pop(origin, None)
+            if ids:
+                self._remove_awareness(ids)
+
+    def taint(self) -> None:
+        """The doc may be wrong: rebuild it from the store."""
+        self._taint()
 
     def _broadcast(self, *frames: bytes) -> None:
         if self.peers:

@@ -39,10 +39,12 @@ from anyio.abc import TaskGroup
 from pycrdt import Doc
 from websockets.frames import CloseCode
 
+from ysyncd.cluster import Cluster
 from ysyncd.commits import Committer
 from ysyncd.errors import StoreError, YsyncdError
 from ysyncd.integrate import UpdatePolicy, apply_pieces
-from ysyncd.room import AwarenessPolicy, FanOut, Room, send_each
+from ysyncd.presence import AwarenessPolicy
+from ysyncd.room import FanOut, Room, send_each
 from ysyncd.store import StoredRoom
 from ysyncd.store.snapshot import doc_from_updates, prepare
 from ysyncd.worker import Worker
@@ -76,8 +78,12 @@ class RoomRegistry:
         fan_out: FanOut = send_each,
         updates: UpdatePolicy = UpdatePolicy(),  # noqa: B008 - frozen
         worker: Worker | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self._committer = committer
+        self._cluster = cluster
+        if cluster is not None:
+            cluster.read_doc = self.read_doc
         self._fan_out = fan_out
         self._updates = updates
         self._worker = worker
@@ -159,11 +165,20 @@ class RoomRegistry:
         await apply_pieces(doc, prepared.pieces + prepared.pending)
         return doc, stored
 
+    async def read_doc(self, key: str) -> Doc[Any]:
+        """``key``'s document as the store holds it (a cluster's repair)."""
+        doc, _ = await self._read(key)
+        return doc
+
     async def _load(
         self, key: str, loading: asyncio.Future[Room], setup: Setup | None
     ) -> None:
         started = time.perf_counter()
         try:
+            if self._cluster is not None:
+                # Before the read: what others commit from now on is either
+                # in what is read or in a message that follows.
+                await self._cluster.attach(key)
             doc, stored = await self._read(key)
         except Exception as exc:  # whatever the store or pycrdt raised
             log.exception("loading room %r failed", key)
@@ -197,6 +212,8 @@ class RoomRegistry:
                 return
         del self._loading[key]
         self.rooms[key] = room
+        if self._cluster is not None:
+            self._cluster.bind(room)
         loading.set_result(room)
         log.info(
             "room %r loaded: %d stored rows in %.1f ms",
@@ -209,6 +226,8 @@ class RoomRegistry:
         self, key: str, loading: asyncio.Future[Room], exc: YsyncdError
     ) -> None:
         del self._loading[key]
+        if self._cluster is not None:
+            self._cluster.detach(key)
         loading.set_exception(exc)
         loading.exception()  # retrieved: joiners that gave up must not warn
 
@@ -246,8 +265,7 @@ class RoomRegistry:
         """Never serve a doc that may hold half an invalid update: drop the
         room, so the next join loads it afresh."""
         if self.rooms.get(room.key) is room:
-            del self.rooms[room.key]
-            self._committer.forget(room.key)
+            self._drop(room.key)
         room.fail(CloseCode.INTERNAL_ERROR, "room reset; reconnect")
 
     async def _evict_when_idle(self, room: Room, scope: anyio.CancelScope) -> None:
@@ -264,14 +282,19 @@ class RoomRegistry:
                 del self._evictions[room.key]
         if scope.cancel_called or room.refs or self.rooms.get(room.key) is not room:
             return
-        del self.rooms[room.key]
-        self._committer.forget(room.key)
+        self._drop(room.key)
         if room.document is not None:
             try:
                 room.document.stop()
             except Exception:  # the room is gone either way
                 log.exception("room %r: stopping its file binding failed", room.key)
         log.info("room %r evicted after %.0f s idle", room.key, self._idle_seconds)
+
+    def _drop(self, key: str) -> None:
+        del self.rooms[key]
+        self._committer.forget(key)
+        if self._cluster is not None:
+            self._cluster.detach(key)
 
     @staticmethod
     async def _last_save(room: Room) -> None:

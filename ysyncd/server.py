@@ -7,19 +7,15 @@
 3. close every peer with 1001 (going away) and wait for their handlers;
 4. commit whatever arrived in the meantime, then close the store.
 
-Routing happens in ``process_request``, before any upgrade: ``/healthz``
-answers 200 (503 while commits are failing), ``/metrics`` gives Prometheus
-counters, ``/_ysyncd/epoch`` the store's epoch (a Jupyter session id) and
-``/_ysyncd/changed/{namespace}`` takes the Jupyter server extension's word that
-files changed; a path that names no valid room gets 400, and a connection over
-the room, per-room or total limit gets 503.
+Routing happens in ``process_request``, before any upgrade: requests without
+an upgrade go to :mod:`ysyncd.routes`; a path that names no valid room gets
+400, and a connection over the room, per-room or total limit gets 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 import ssl
 import time
@@ -36,28 +32,31 @@ from websockets.http11 import Request, Response
 from ysyncd.admission import Admission, Admitter, duplicate_header
 from ysyncd.auth import Authorizer, allowed_origins, build_authorizer
 from ysyncd.auth.recheck import Rechecker
+from ysyncd.cluster import open_cluster
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
 from ysyncd.errors import (
     AuthError,
+    BackplaneError,
     BadRequest,
-    Forbidden,
     InvalidRoomName,
     ProtocolError,
     StoreError,
     UnsupportedFrame,
 )
+from ysyncd.health import Health
 from ysyncd.integrate import UpdatePolicy, is_panic
 from ysyncd.jupyter.files import FileError, FileGone
 from ysyncd.jupyter.service import JupyterRooms, unknown_session
 from ysyncd.keepalive import DrainWatch, Keepalive
-from ysyncd.names import room_from_path
 from ysyncd.peer import BACKLOG_BYTES, Peer, close_code_for, close_reason, fan_out
+from ysyncd.presence import AwarenessPolicy
 from ysyncd.protocol import coalesce
-from ysyncd.room import AwarenessPolicy, Room, RoomFailed
+from ysyncd.room import Room, RoomFailed
 from ysyncd.rooms import RoomRegistry
+from ysyncd.routes import FILES_CHANGED, Routes
 from ysyncd.stats import Stats
-from ysyncd.store import open_store
+from ysyncd.store import is_postgres_url, open_store
 from ysyncd.store.memory import MemoryStore
 from ysyncd.store.snapshot import Snapshot, build_snapshot
 from ysyncd.updates import Limits
@@ -71,13 +70,10 @@ log = logging.getLogger("ysyncd.server")
 #: CPU one connection's frames may take before the others get a turn.
 _TURN_SECONDS = 0.01
 
-#: Where the Jupyter server extension says its files changed.
-FILES_CHANGED = "/_ysyncd/changed/"
-
 Listening = Callable[[str, int], None]
 
 
-class _App:
+class _App(Routes):
     """The per-server state the websockets callbacks need."""
 
     def __init__(
@@ -90,8 +86,10 @@ class _App:
         authorizer: Authorizer,
         jupyter: JupyterRooms,
         drains: DrainWatch,
+        health: Health,
     ) -> None:
         self.jupyter = jupyter
+        self.health = health
         self.settings = settings
         self.authorizer = authorizer
         self.rechecker = (
@@ -184,58 +182,6 @@ class _App:
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{limit}\n")
         self.admissions[conn] = self.admitter.admission(request, located, grant)
         return None
-
-    def _refuse(self, conn: ServerConnection, room: str, exc: AuthError) -> Response:
-        # The reason goes to the client and the log; it never holds a token.
-        self.stats.refused(exc.status, f"room {room!r}: {exc}")
-        response = conn.respond(exc.status, f"{exc}\n")
-        if exc.status == http.HTTPStatus.UNAUTHORIZED:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="ysyncd"'
-        return response
-
-    async def _files_changed(
-        self, conn: ServerConnection, request: Request, path: str
-    ) -> Response:
-        """``GET /_ysyncd/changed/{namespace}``: a Jupyter server's files changed.
-
-        Asked as a writer of that namespace's rooms would be (the extension
-        with its glue secret); the answer says how many rooms were told.
-        """
-        prefix = room_from_path(
-            "/" + path[len(FILES_CHANGED) :],
-            max_bytes=self.settings.max_room_name_bytes,
-        )
-        # Any room of the namespace stands for it, as the extension names them.
-        located = self.admitter.locate_name(
-            f"{prefix.rstrip('/')}/api/collaboration/room/-"
-        )
-        namespace = self.jupyter.pattern.namespace(located.key)
-        if located.route is None or namespace is None:
-            return conn.respond(http.HTTPStatus.NOT_FOUND, "not a Jupyter namespace\n")
-        try:
-            grant = await self.admitter.authorize(request, located.key)
-        except AuthError as exc:
-            return self._refuse(conn, located.key, exc)
-        if grant.read_only:
-            return self._refuse(conn, located.key, Forbidden("read-only"))
-        told = self.jupyter.files_changed(self.registry.rooms.values(), namespace)
-        return conn.respond(http.HTTPStatus.OK, json.dumps({"rooms": told}) + "\n")
-
-    def _plain_http(self, conn: ServerConnection, path: str) -> Response:
-        # Only requests without an upgrade reach these, so rooms may have any name.
-        if path == "/healthz":
-            if self.committer.healthy:
-                return conn.respond(http.HTTPStatus.OK, "ok\n")
-            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "store failing\n")
-        if path == "/metrics":
-            return conn.respond(http.HTTPStatus.OK, self.stats.render())
-        if path == "/_ysyncd/epoch":
-            # What a Jupyter session endpoint hands out as the sessionId.
-            epoch = json.dumps({"epoch": self.committer.store.epoch})
-            return conn.respond(http.HTTPStatus.OK, epoch + "\n")
-        return conn.respond(
-            http.HTTPStatus.UPGRADE_REQUIRED, "a y-websocket client is expected here\n"
-        )
 
     def handshake_started(self, conn: ServerConnection) -> None:
         """A TCP connection arrived: drop it unread past --max-handshakes."""
@@ -444,10 +390,16 @@ async def _serve(
     authorizer: Authorizer,
     tls: ssl.SSLContext | None,
 ) -> None:
+    if settings.backplane and not is_postgres_url(settings.db):
+        raise BackplaneError(
+            settings.backplane,
+            "needs a store shared by every node: --db postgresql://...",
+        )
     store = await open_store(
         settings.db,
         synchronous=settings.sqlite_synchronous,
         busy_timeout=settings.sqlite_busy_timeout,
+        shared=bool(settings.backplane),
     )
     # Started on first use: most servers never hold a room big enough.
     worker = Worker()
@@ -469,6 +421,12 @@ async def _serve(
         )
         async with anyio.create_task_group() as tg:
             await tg.start(committer.run)
+            cluster = None
+            if settings.backplane:
+                cluster = await open_cluster(settings.backplane, store.epoch, tg)
+                committer.on_commit = cluster.committed
+            health = Health(committer, cluster)
+            tg.start_soon(health.watch)
             policy = AwarenessPolicy(
                 timeout=settings.awareness_timeout,
                 max_state_bytes=settings.max_awareness_bytes,
@@ -483,6 +441,7 @@ async def _serve(
                 fan_out=fan_out,
                 updates=updates,
                 worker=worker,
+                cluster=cluster,
             )
             tg.start_soon(registry.run_ticks)
             keepalive = None
@@ -506,6 +465,8 @@ async def _serve(
             )
             tg.start_soon(jupyter.transient.run_ticks)
             stats = Stats()
+            if cluster is not None:
+                cluster.report(stats)
             drains = DrainWatch(
                 settings.drain_timeout,
                 backlog=BACKLOG_BYTES,
@@ -523,6 +484,7 @@ async def _serve(
                 authorizer,
                 jupyter,
                 drains,
+                health,
             )
             if app.rechecker is not None:
                 tg.start_soon(app.rechecker.run)
@@ -556,6 +518,8 @@ async def _serve(
                     "the store did not finish within %.0f s", settings.shutdown_timeout
                 )
             tg.cancel_scope.cancel()
+            if cluster is not None:
+                await cluster.aclose()
     finally:
         # In a thread: it waits for the worker process to exit.
         await anyio.to_thread.run_sync(worker.close)

@@ -75,6 +75,10 @@ class UpdateStore(Protocol):
         """Replace ``room``'s log by one verified snapshot, atomically."""
         ...
 
+    async def ping(self) -> None:
+        """Raise :class:`~ysyncd.errors.StoreError` unless the store answers now."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store; pending writes must have been awaited already."""
         ...

@@ -50,6 +50,9 @@ class MemoryStore:
             bytes_after=len(snap.update) + sum(map(len, kept)),
         )
 
+    async def ping(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         self._logs.clear()
         self._snapshots.clear()

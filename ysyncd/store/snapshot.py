@@ -29,6 +29,9 @@ from ysyncd.updates import NO_LIMITS, Layout, shape_of
 
 __all__ = ["Prepared", "Snapshot", "build_snapshot", "doc_from_updates", "prepare"]
 
+#: Most extra passes over updates left waiting (see _replay).
+_REPLAY_PASSES = 16
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -59,11 +62,9 @@ def prepare(
         StoreError: a stored update cannot be applied.
     """
     try:
-        doc = doc_from_updates(updates)
+        doc, waiting = _replay(updates)
         state = doc.get_update()
-        clocks = decode_state_vector(doc.get_state())
-        integrated = doc.get_state()
-        pending = [u for u in updates if not _is_integrated(u, integrated, clocks)]
+        pending = [updates[i] for i in waiting]
         layout = Layout()
         shape = shape_of(state, NO_LIMITS, layout)
         parts = pieces(
@@ -80,11 +81,36 @@ def prepare(
 
 
 def doc_from_updates(updates: Sequence[bytes]) -> Doc[Any]:
-    """A fresh doc with ``updates`` applied in order (pycrdt errors propagate)."""
+    """A fresh doc with ``updates`` applied (pycrdt errors propagate)."""
+    doc, _ = _replay(updates)
+    return doc
+
+
+def _replay(updates: Sequence[bytes]) -> tuple[Doc[Any], list[int]]:
+    """Apply ``updates`` in order; return the doc and the indexes of those
+    still not integrated (waiting for what never came).
+
+    yrs (pycrdt 0.14) can leave structs pending although what they wait for
+    came later: seen with a run of one client's updates arriving before its
+    gap, part of the gap, more of the run, then the rest. Applying the
+    waiting updates again integrates them, so they are, while that makes
+    progress. Rows appended by many nodes can come in such an order.
+    """
     doc: Doc[Any] = Doc()
     for update in updates:
         doc.apply_update(update)
-    return doc
+    waiting = list(range(len(updates)))
+    for _ in range(_REPLAY_PASSES):
+        state = doc.get_state()
+        clocks = decode_state_vector(state)
+        waiting = [i for i in waiting if not _is_integrated(updates[i], state, clocks)]
+        if not waiting:
+            break
+        for i in waiting:
+            doc.apply_update(updates[i])
+        if decode_state_vector(doc.get_state()) == clocks:
+            break  # no progress: they wait for updates that are not here
+    return doc, list(waiting)
 
 
 def _is_integrated(update: bytes, state: bytes, clocks: dict[int, int]) -> bool:
@@ -112,13 +138,9 @@ def build_snapshot(updates: Sequence[bytes]) -> Snapshot:
             decode back to the same document. Nothing should be replaced then.
     """
     try:
-        doc = doc_from_updates(updates)
+        doc, pending = _replay(updates)
         snapshot = doc.get_update()
-        state = doc.get_state()
-        clocks = decode_state_vector(state)
-        pending = [
-            i for i, u in enumerate(updates) if not _is_integrated(u, state, clocks)
-        ]
+        clocks = decode_state_vector(doc.get_state())
         # The content check: a doc rebuilt from the snapshot must encode to the
         # very same bytes (items and delete set) and the same state vector. A
         # state vector's byte order follows a hash map, so compare it decoded.

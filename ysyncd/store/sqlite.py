@@ -281,6 +281,12 @@ class SQLiteStore:
             await db.rollback()
             raise
 
+    async def ping(self) -> None:
+        try:
+            await self._reader.execute_fetchall("SELECT 1")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the database does not answer: {exc}") from exc
+
     async def aclose(self) -> None:
         try:
             await self._reader.close()

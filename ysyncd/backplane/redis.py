@@ -1,0 +1,314 @@
+"""The Redis backplane: rooms' committed updates and awareness between nodes.
+
+Redis pub/sub delivers in order while a connection lasts and promises nothing
+across a reconnect, so nothing here trusts it to be complete:
+
+* Every message is numbered (see :mod:`ysyncd.backplane.messages`), and a
+  receiver that sees a number skipped repairs the room from the store.
+* A publish that fails stays in the outbox, in order, and is sent again once
+  Redis is back; the outbox is bounded, and what it drops shows up as a gap.
+* When the subscriber's connection comes back, every room is repaired, once
+  the subscriptions are active again (a PING answered after them says so).
+
+Two connections: one subscribed (the reader), one for publishing (the
+publisher task, which also sends the heartbeat). Each room has a channel
+``ysyncd:<epoch>:room:<name>``; heartbeats go on ``ysyncd:<epoch>:nodes``, so
+that servers on different stores never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from ysyncd.backplane.messages import (
+    Awareness,
+    Heartbeat,
+    Message,
+    Updates,
+    decode,
+    encode,
+)
+from ysyncd.errors import BackplaneError, DecodeError
+from ysyncd.store import redact_url
+
+__all__ = ["HEARTBEAT_SECONDS", "RedisBackplane"]
+
+log = logging.getLogger("ysyncd.backplane")
+
+HEARTBEAT_SECONDS = 1.0
+#: Rooms a heartbeat names: those published to within this many seconds.
+_RECENT_SECONDS = 5.0
+_OUTBOX_MAX = 100_000
+_PIPELINE_MAX = 512
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 2.0
+_SUBSCRIBE_TIMEOUT = 5.0
+_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+#: Called with a room's name (None for the nodes' channel) and a message.
+OnMessage = Callable[[str | None, Message], None]
+
+
+class _PubSub(PubSub):
+    """Tells its owner of every reconnect (the first connect calls no
+    callback): messages published meanwhile were lost."""
+
+    def __init__(self, *args: Any, on_connect: Callable[[], None], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._told = on_connect
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)  # re-subscribes every channel
+        self._told()
+
+
+class RedisBackplane:
+    """One node's link to the others, through one Redis server."""
+
+    def __init__(
+        self,
+        url: str,
+        epoch: str,
+        *,
+        on_message: OnMessage,
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self.url = url
+        self.node = uuid.uuid4().bytes
+        self._prefix = f"ysyncd:{epoch}:"
+        self._nodes_channel = (self._prefix + "nodes").encode()
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self._client = aioredis.from_url(url)
+        self._pubsub = _PubSub(self._client.connection_pool, on_connect=self._connected)
+        self._opened = False
+        # Sent once the subscriber connected again; its answer says that
+        # every subscription is active again.
+        self._ping_token: bytes | None = None
+        self._pending_pong: bytes | None = None
+        self._rooms: set[str] = set()
+        self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._outbox: deque[tuple[bytes, bytes]] = deque()
+        self._wakeup = asyncio.Event()
+        self._seqs: dict[str, int] = {}
+        self._recent: dict[str, float] = {}
+        self.subscriber_up = False
+        self.publisher_up = True
+        self.published = 0
+        self.received = 0
+        self.dropped = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Both connections work now."""
+        return self.subscriber_up and self.publisher_up
+
+    def channel(self, room: str) -> bytes:
+        return (self._prefix + "room:").encode() + room.encode()
+
+    async def open(self, timeout: float = 10.0) -> None:
+        """Check that Redis answers, and subscribe to the nodes' channel.
+
+        Raises:
+            BackplaneError: Redis cannot be reached or refuses us.
+        """
+        shown = redact_url(self.url)
+        try:
+            with anyio.fail_after(timeout):
+                await self._client.ping()
+                await self._pubsub.subscribe(self._nodes_channel)
+                while not self.subscriber_up:
+                    message = await self._pubsub.get_message(timeout=timeout)
+                    if message is not None:
+                        self._handle(message)
+        except TimeoutError as exc:
+            raise BackplaneError(shown, "no answer (timed out)") from exc
+        except _ERRORS as exc:
+            raise BackplaneError(shown, str(exc)) from exc
+        log.info("backplane: Redis at %s, node %s", shown, self.node.hex()[:8])
+
+    async def run(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read and publish until cancelled (after :meth:`open`)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._publish_loop)
+            tg.start_soon(self._read_loop)
+            task_status.started()
+
+    async def join(self, room: str) -> None:
+        """Subscribe to ``room``; return once its messages flow to this node.
+
+        While Redis is away it returns at once: the repair after the
+        reconnect covers whatever the room misses meanwhile.
+        """
+        self._rooms.add(room)
+        channel = self.channel(room)
+        if not self.subscriber_up:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(channel, []).append(waiter)
+        try:
+            await self._pubsub.subscribe(channel)
+            with anyio.move_on_after(_SUBSCRIBE_TIMEOUT):
+                await waiter
+        except _ERRORS as exc:
+            log.warning("backplane: subscribing to room %r failed: %s", room, exc)
+        finally:
+            waiters = self._waiting.get(channel, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    async def leave(self, room: str) -> None:
+        """Stop receiving ``room``'s messages (it left this node's memory)."""
+        self._rooms.discard(room)
+        if not self.subscriber_up:
+            return
+        try:
+            await self._pubsub.unsubscribe(self.channel(room))
+        except _ERRORS as exc:
+            log.debug("backplane: unsubscribing from room %r failed: %s", room, exc)
+
+    def publish_updates(self, room: str, updates: list[bytes]) -> None:
+        """Queue ``room``'s committed updates for the other nodes, in order."""
+        seq = self._seqs.get(room, 0) + 1
+        self._seqs[room] = seq
+        self._recent[room] = time.monotonic()
+        message = Updates(self.node, seq, int(time.time() * 1000), updates)
+        self._queue(self.channel(room), encode(message))
+
+    def publish_awareness(self, room: str, update: bytes) -> None:
+        """Queue an awareness update this node relayed in ``room``."""
+        self._queue(self.channel(room), encode(Awareness(self.node, update)))
+
+    def _queue(self, channel: bytes, data: bytes) -> None:
+        if len(self._outbox) >= _OUTBOX_MAX:
+            # Receivers see the gap in the numbers, and repair from the store.
+            self._outbox.popleft()
+            self.dropped += 1
+        self._outbox.append((channel, data))
+        self._wakeup.set()
+
+    def _heartbeat(self) -> bytes:
+        now = time.monotonic()
+        for room in [r for r, t in self._recent.items() if now - t > _RECENT_SECONDS]:
+            del self._recent[room]
+        latest = {room: self._seqs[room] for room in self._recent}
+        return encode(Heartbeat(self.node, latest))
+
+    async def _publish_loop(self) -> None:
+        delay = _RETRY_FIRST
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                # Behind the updates already queued: it names their numbers.
+                self._outbox.append((self._nodes_channel, self._heartbeat()))
+                next_beat = now + HEARTBEAT_SECONDS
+            if not self._outbox:
+                self._wakeup.clear()
+                with anyio.move_on_after(next_beat - now):
+                    await self._wakeup.wait()
+                continue
+            batch = [
+                self._outbox[i] for i in range(min(len(self._outbox), _PIPELINE_MAX))
+            ]
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, data in batch:
+                        pipe.publish(channel, data)
+                    await pipe.execute()
+            except _ERRORS as exc:
+                if self.publisher_up:
+                    log.error("backplane: publishing failed, retrying: %s", exc)
+                self.publisher_up = False
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            for _ in batch:
+                self._outbox.popleft()
+            self.published += len(batch)
+            if not self.publisher_up:
+                log.warning("backplane: publishing works again")
+            self.publisher_up = True
+            delay = _RETRY_FIRST
+
+    def _connected(self) -> None:
+        # Whatever was published while we were away is lost to us: once the
+        # subscriptions are active again (the PING's answer comes after
+        # theirs), every room is repaired from the store.
+        self._ping_token = uuid.uuid4().hex.encode()
+
+    async def _read_loop(self) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                if self._ping_token is not None:
+                    token, self._ping_token = self._ping_token, None
+                    await self._pubsub.ping(token)
+                    self._pending_pong = token
+                message = await self._pubsub.get_message(timeout=HEARTBEAT_SECONDS)
+            except _ERRORS as exc:
+                if self.subscriber_up:
+                    log.error("backplane: lost the subscription, reconnecting: %s", exc)
+                self.subscriber_up = False
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            delay = _RETRY_FIRST
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "pong":
+            if message["data"] == self._pending_pong:
+                self._pending_pong = None
+                if not self.subscriber_up:
+                    log.warning("backplane: subscribed again; repairing every room")
+                self.subscriber_up = True
+                self._on_reconnect()
+            return
+        if kind == "subscribe":
+            channel = message["channel"]
+            if channel == self._nodes_channel and not self._opened:
+                self._opened = self.subscriber_up = True
+            for waiter in self._waiting.pop(channel, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        if kind != "message":
+            return
+        channel = message["channel"]
+        self.received += 1
+        try:
+            decoded = decode(message["data"])
+        except DecodeError as exc:
+            log.warning("backplane: dropping a malformed message: %s", exc)
+            return
+        if decoded.origin == self.node:
+            return  # our own, back from Redis
+        if channel == self._nodes_channel:
+            self._on_message(None, decoded)
+            return
+        room = channel[len(self.channel("")) :].decode(errors="replace")
+        if room in self._rooms:
+            self._on_message(room, decoded)
+
+    async def aclose(self) -> None:
+        try:
+            await self._pubsub.aclose()
+        finally:
+            await self._client.aclose()

@@ -1,0 +1,337 @@
+"""Keeps this node's rooms in step with the other nodes' through a backplane.
+
+The store is the truth; the backplane is only the fast path:
+
+* A room is subscribed to *before* it is read from the store (see
+  :meth:`Cluster.attach`), so every update is either in what was read or in a
+  message that follows. Messages that arrive while it loads wait for it.
+* After each commit, this node publishes what it committed, per room
+  (:meth:`Cluster.committed`). Nothing uncommitted ever leaves the node, so
+  other nodes may relay what they receive at once, without storing it again.
+* A missing number, a heartbeat naming a number not seen, or a reconnect of
+  the backplane: the room is *repaired*, that is read from the store again,
+  and what this node lacked is applied and relayed to its peers.
+* Awareness is relayed both ways and never stored. Each remote client's
+  state is kept against the node it came through; a node whose heartbeat
+  stops for :data:`NODE_TIMEOUT` seconds is dead, and its clients' states are
+  removed here.
+
+Remote updates for one room are applied in order, one at a time, and only
+while the room is not busy with a big update of its own (a task per room
+with work waiting; none for a quiet room).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+from pycrdt import Doc
+
+from ysyncd.backplane.messages import (
+    Awareness,
+    Heartbeat,
+    Message,
+    Sequences,
+    Updates,
+    Verdict,
+)
+from ysyncd.errors import BackplaneError
+from ysyncd.room import Room, RoomFailed
+from ysyncd.stats import Stats
+
+__all__ = ["NODE_TIMEOUT", "Backplane", "Cluster", "open_cluster"]
+
+log = logging.getLogger("ysyncd.cluster")
+
+#: Seconds without a heartbeat after which a node counts as dead.
+NODE_TIMEOUT = 5.0
+_CHECK_SECONDS = 1.0
+_REPAIR = object()
+
+
+class Backplane(Protocol):
+    """What the cluster needs from a backplane (see :mod:`ysyncd.backplane`)."""
+
+    node: bytes
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def subscriber_up(self) -> bool: ...
+
+    async def join(self, room: str) -> None: ...
+
+    async def leave(self, room: str) -> None: ...
+
+    def publish_updates(self, room: str, updates: list[bytes]) -> None: ...
+
+    def publish_awareness(self, room: str, update: bytes) -> None: ...
+
+    @property
+    def published(self) -> int: ...
+
+    @property
+    def received(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+#: Reads a room's document from the store (the registry's loader).
+ReadDoc = Callable[[str], Awaitable[Doc[Any]]]
+
+
+@dataclass(slots=True)
+class _Link:
+    """One room's side of the backplane."""
+
+    room: Room | None = None
+    seqs: Sequences = field(default_factory=Sequences)
+    #: Messages that came while the room was loading.
+    early: list[Message] = field(default_factory=list)
+    #: Remote updates (lists, in order) and repairs, waiting for their turn.
+    inbox: deque[list[bytes] | object] = field(default_factory=deque)
+    draining: bool = False
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    """What ``/metrics`` shows of the cluster."""
+
+    repairs: int = 0
+    gaps: int = 0
+    applied: int = 0
+    #: Cross-node delay of received updates, milliseconds: count and sum,
+    #: and the largest since the last scrape.
+    delay_count: int = 0
+    delay_sum_ms: float = 0.0
+    dead_nodes: int = 0
+
+
+class Cluster:
+    """This node's rooms, kept in step with every other node's."""
+
+    def __init__(self, task_group: TaskGroup) -> None:
+        self._tg = task_group
+        self.backplane: Backplane | None = None
+        self.read_doc: ReadDoc | None = None
+        self._links: dict[str, _Link] = {}
+        self._alive: dict[bytes, float] = {}
+        self.stats = ClusterStats()
+
+    # The registry's side: subscribe, bind, drop.
+
+    async def attach(self, key: str) -> None:
+        """Subscribe to ``key`` before it is read from the store."""
+        assert self.backplane is not None
+        self._links.setdefault(key, _Link())
+        await self.backplane.join(key)
+
+    def bind(self, room: Room) -> None:
+        """``room`` is loaded: apply what came meanwhile, then relay live."""
+        link = self._links.setdefault(room.key, _Link())
+        link.room = room
+        backplane = self.backplane
+        assert backplane is not None
+
+        def publish(update: bytes) -> None:
+            backplane.publish_awareness(room.key, update)
+
+        room.publish_awareness = publish
+        early, link.early = link.early, []
+        for message in early:
+            self._deliver(room.key, link, message)
+
+    def detach(self, key: str) -> None:
+        """``key`` left memory (evicted, or its load failed)."""
+        link = self._links.pop(key, None)
+        if link is not None and link.room is not None:
+            link.room.publish_awareness = None
+        if self.backplane is not None:
+            self._tg.start_soon(self.backplane.leave, key)
+
+    def committed(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """The committer's hook: publish what one commit made durable."""
+        if self.backplane is None:
+            return
+        by_room: dict[str, list[bytes]] = {}
+        for room, update in batch:
+            by_room.setdefault(room, []).append(update)
+        for room, updates in by_room.items():
+            self.backplane.publish_updates(room, updates)
+
+    def report(self, stats: Stats) -> None:
+        """Show the backplane's state and traffic in ``/metrics``."""
+        backplane = self.backplane
+        assert backplane is not None
+        s = self.stats
+        stats.gauges.update(
+            backplane_up=lambda: float(backplane.healthy),
+            cluster_nodes_seen=lambda: len(self._alive),
+        )
+        stats.counter_reads.update(
+            backplane_published=lambda: backplane.published,
+            backplane_received=lambda: backplane.received,
+            backplane_dropped=lambda: backplane.dropped,
+            cluster_gaps=lambda: s.gaps,
+            cluster_repairs=lambda: s.repairs,
+            cluster_remote_updates=lambda: s.applied,
+            cluster_dead_nodes=lambda: s.dead_nodes,
+            cluster_delay_count=lambda: s.delay_count,
+            cluster_delay_ms_sum=lambda: int(s.delay_sum_ms),
+        )
+
+    async def aclose(self) -> None:
+        if self.backplane is not None:
+            await self.backplane.aclose()
+
+    # The backplane's side.
+
+    def on_message(self, room: str | None, message: Message) -> None:
+        """A message from another node (``room`` None: the nodes' channel)."""
+        self._alive[message.origin] = time.monotonic()
+        if room is None:
+            if isinstance(message, Heartbeat):
+                self._on_heartbeat(message)
+            return
+        link = self._links.get(room)
+        if link is None:
+            return
+        if link.room is None:
+            link.early.append(message)
+            return
+        self._deliver(room, link, message)
+
+    def on_reconnect(self) -> None:
+        """The backplane lost messages: repair every room from the store."""
+        now = time.monotonic()
+        # Nodes were not heard while we were away; give them time again.
+        self._alive = dict.fromkeys(self._alive, now)
+        for link in self._links.values():
+            link.seqs.reset()
+            if link.room is not None:
+                self._enqueue(link, _REPAIR)
+
+    async def watch_nodes(self) -> None:
+        """Forget nodes whose heartbeat stopped, and their clients' awareness."""
+        while True:
+            await anyio.sleep(_CHECK_SECONDS)
+            backplane = self.backplane
+            if backplane is None or not backplane.subscriber_up:
+                continue  # we cannot tell a dead node from our own outage
+            now = time.monotonic()
+            for origin, seen in list(self._alive.items()):
+                if now - seen > NODE_TIMEOUT:
+                    del self._alive[origin]
+                    self._node_died(origin)
+
+    def _node_died(self, origin: bytes) -> None:
+        self.stats.dead_nodes += 1
+        log.warning("node %s stopped beating; dropping its clients", origin.hex()[:8])
+        for link in self._links.values():
+            link.seqs.forget(origin)
+            if link.room is not None:
+                link.room.drop_origin(origin)
+
+    def _on_heartbeat(self, beat: Heartbeat) -> None:
+        for room, seq in beat.latest.items():
+            link = self._links.get(room)
+            if link is not None and link.room is not None:
+                if link.seqs.behind(beat.origin, seq):
+                    self.stats.gaps += 1
+                    self._enqueue(link, _REPAIR)
+
+    def _deliver(self, room: str, link: _Link, message: Message) -> None:
+        assert link.room is not None
+        if isinstance(message, Awareness):
+            link.room.apply_remote_awareness(message.origin, message.update)
+            return
+        if not isinstance(message, Updates):
+            return
+        verdict = link.seqs.receive(message.origin, message.seq)
+        if verdict is Verdict.SEEN:
+            return
+        delay = time.time() * 1000 - message.sent_ms
+        self.stats.delay_count += 1
+        self.stats.delay_sum_ms += max(delay, 0.0)
+        self._enqueue(link, message.updates)
+        if verdict is Verdict.GAP:
+            self.stats.gaps += 1
+            log.info("room %r: a message from another node is missing", room)
+            self._enqueue(link, _REPAIR)
+
+    def _enqueue(self, link: _Link, work: list[bytes] | object) -> None:
+        if work is _REPAIR and _REPAIR in link.inbox:
+            return  # one repair covers both
+        link.inbox.append(work)
+        if not link.draining:
+            link.draining = True
+            self._tg.start_soon(self._drain, link)
+
+    async def _drain(self, link: _Link) -> None:
+        try:
+            while link.inbox and (room := link.room) is not None:
+                await room.settle()
+                work = link.inbox.popleft()
+                if work is _REPAIR:
+                    await self._repair(room)
+                    continue
+                assert isinstance(work, list)
+                for update in work:
+                    pending = room.apply_remote(update)
+                    if pending is not None:
+                        await pending
+                    self.stats.applied += 1
+        except RoomFailed:
+            link.inbox.clear()  # the next load reads it all from the store
+        except Exception:  # one room's trouble must not reach the others
+            if (failed := link.room) is not None:
+                log.exception("room %r: applying remote updates failed", failed.key)
+                failed.taint()
+        finally:
+            link.draining = False
+
+    async def _repair(self, room: Room) -> None:
+        assert self.read_doc is not None
+        self.stats.repairs += 1
+        stored = await self.read_doc(room.key)
+        missing = stored.get_update(room.doc.get_state())
+        pending = room.apply_remote(missing)
+        if pending is not None:
+            await pending
+        log.info("room %r repaired from the store", room.key)
+
+
+async def open_cluster(url: str, epoch: str, task_group: TaskGroup) -> Cluster:
+    """Connect to the backplane at ``url`` and start keeping rooms in step.
+
+    Raises:
+        BackplaneError: it cannot be reached, or is not a ``redis://`` URL.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise BackplaneError(url, "not a redis:// URL")
+    try:
+        from ysyncd.backplane.redis import RedisBackplane
+    except ImportError as exc:  # the cluster extra is not installed
+        raise BackplaneError(
+            url, f"needs pip install 'ysyncd[cluster]' ({exc})"
+        ) from exc
+    cluster = Cluster(task_group)
+    backplane = RedisBackplane(
+        url, epoch, on_message=cluster.on_message, on_reconnect=cluster.on_reconnect
+    )
+    await backplane.open()
+    cluster.backplane = backplane
+    await task_group.start(backplane.run)
+    task_group.start_soon(cluster.watch_nodes)
+    return cluster
