@@ -46,7 +46,7 @@ from ysyncd.errors import BackplaneError
 from ysyncd.room import Room, RoomFailed
 from ysyncd.stats import Stats
 
-__all__ = ["NODE_TIMEOUT", "Backplane", "Cluster", "open_cluster"]
+__all__ = ["NODE_TIMEOUT", "Backplane", "Cluster", "Lease", "open_cluster"]
 
 log = logging.getLogger("ysyncd.cluster")
 
@@ -75,6 +75,8 @@ class Backplane(Protocol):
 
     def publish_awareness(self, room: str, update: bytes) -> None: ...
 
+    def lease(self, name: str) -> Lease: ...
+
     @property
     def published(self) -> int: ...
 
@@ -85,6 +87,16 @@ class Backplane(Protocol):
     def dropped(self) -> int: ...
 
     async def aclose(self) -> None: ...
+
+
+class Lease(Protocol):
+    """Something at most one node holds at a time (a Jupyter file's saves)."""
+
+    async def hold(self) -> bool:
+        """Take or renew it; whether this node holds it now."""
+        ...
+
+    async def release(self) -> None: ...
 
 
 #: Reads a room's document from the store (the registry's loader).
@@ -242,6 +254,9 @@ class Cluster:
             link.seqs.forget(origin)
             if link.room is not None:
                 link.room.drop_origin(origin)
+                # It may have died between a commit and its publish: what it
+                # committed last is in the store, and nowhere else.
+                self._enqueue(link, _REPAIR)
 
     def _on_heartbeat(self, beat: Heartbeat) -> None:
         for room, seq in beat.latest.items():

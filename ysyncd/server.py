@@ -462,6 +462,7 @@ async def _serve(
                     updates=updates,
                 ),
                 tg,
+                cluster,
             )
             tg.start_soon(jupyter.transient.run_ticks)
             stats = Stats()

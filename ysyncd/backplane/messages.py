@@ -29,6 +29,10 @@ from ysyncd.errors import DecodeError
 from ysyncd.protocol import Reader
 
 __all__ = [
+    "HEARTBEAT_SECONDS",
+    "LEASE_MARGIN",
+    "LEASE_RENEW",
+    "LEASE_SECONDS",
     "ORIGIN_BYTES",
     "Awareness",
     "Heartbeat",
@@ -41,6 +45,15 @@ __all__ = [
 ]
 
 ORIGIN_BYTES = 16
+
+# Timing every node counts on.
+#: A node says it is alive this often.
+HEARTBEAT_SECONDS = 1.0
+#: A lease's TTL; its holder renews it every LEASE_RENEW seconds, and stops
+#: counting on it LEASE_MARGIN seconds before it would expire.
+LEASE_SECONDS = 5.0
+LEASE_RENEW = 1.0
+LEASE_MARGIN = 1.0
 _UPDATES, _AWARENESS, _HEARTBEAT = b"U", b"A", b"H"
 
 

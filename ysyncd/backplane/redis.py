@@ -33,6 +33,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ysyncd.backplane.messages import (
+    HEARTBEAT_SECONDS,
+    LEASE_MARGIN,
+    LEASE_SECONDS,
     Awareness,
     Heartbeat,
     Message,
@@ -43,11 +46,11 @@ from ysyncd.backplane.messages import (
 from ysyncd.errors import BackplaneError, DecodeError
 from ysyncd.store import redact_url
 
-__all__ = ["HEARTBEAT_SECONDS", "RedisBackplane"]
+__all__ = ["RedisBackplane", "RedisLease"]
 
 log = logging.getLogger("ysyncd.backplane")
 
-HEARTBEAT_SECONDS = 1.0
+
 #: Rooms a heartbeat names: those published to within this many seconds.
 _RECENT_SECONDS = 5.0
 _OUTBOX_MAX = 100_000
@@ -307,8 +310,67 @@ class RedisBackplane:
         if room in self._rooms:
             self._on_message(room, decoded)
 
+    def lease(self, name: str) -> RedisLease:
+        """A lease named ``name`` that at most one node holds at a time."""
+        key = f"{self._prefix}lease:{name}"
+        return RedisLease(self._client, key, self.node.hex())
+
     async def aclose(self) -> None:
         try:
             await self._pubsub.aclose()
         finally:
             await self._client.aclose()
+
+
+# Take the lease if it is free, renew it if it is ours: one atomic step.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLease:
+    """A lease in one Redis key with a TTL: who holds it, until when.
+
+    The holder counts it as held until :data:`LEASE_SECONDS` less a margin
+    after its last successful renewal, so that while Redis cannot be reached
+    it stops before the key expires and another node may take it.
+    """
+
+    def __init__(self, client: aioredis.Redis, key: str, holder: str) -> None:
+        self._client = client
+        self._key = key
+        self._holder = holder
+        self._until = 0.0
+
+    async def hold(self) -> bool:
+        """Take or renew the lease; whether this node holds it now."""
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(LEASE_MARGIN):
+                ours = await self._client.eval(
+                    _HOLD, 1, self._key, self._holder, int(LEASE_SECONDS * 1000)
+                )
+        except _ERRORS as exc:
+            log.debug("lease %s: cannot renew: %s", self._key, exc)
+        else:
+            self._until = started + LEASE_SECONDS - LEASE_MARGIN if ours else 0.0
+        return time.monotonic() < self._until
+
+    async def release(self) -> None:
+        """Give the lease up, if it is ours, so another node takes it at once."""
+        self._until = 0.0
+        try:
+            await self._client.eval(_RELEASE, 1, self._key, self._holder)
+        except _ERRORS as exc:
+            log.debug("lease %s: cannot release (it expires): %s", self._key, exc)

@@ -19,6 +19,11 @@ JupyterLab users expect their work. :class:`FileBinding` joins the two:
   edits in the room that are not saved yet survive next to it
   (jupyter_server_ydoc reloads the file and drops them). A rename updates
   ``state.path``; a deleted file turns new connections away with 4404.
+- **Many nodes.** With a backplane, every node serving the room keeps its doc
+  in step, but only the holder of the room's *lease* reads outside edits into
+  it, polls and saves the file, so that no save is written twice and no
+  outside edit merged twice. Another node takes the lease within seconds of
+  its holder's death, and first brings its view of the file up to date.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import anyio
 from anyio.abc import TaskGroup
 from pycrdt import Doc
 
+from ysyncd.backplane.messages import LEASE_RENEW
+from ysyncd.cluster import Lease
 from ysyncd.errors import YsyncdError
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import BadFile, FileGone, Files, FileState
@@ -70,6 +77,7 @@ class FileBinding:
         save_delay: float,
         poll_interval: float,
         autosave_wanted: Callable[[Room], bool],
+        lease_for: Callable[[str], Lease] | None = None,
     ) -> None:
         self.target = target
         self.files = files
@@ -92,6 +100,10 @@ class FileBinding:
         self._saving = False
         self._scope = anyio.CancelScope()
         self._subscription: Any = None
+        self._lease_for = lease_for
+        self._lease: Lease | None = None
+        #: Whether this node saves and polls the file (always, on its own).
+        self.leading = lease_for is None
 
     # -- set-up and tear-down, called by the registry ------------------------------
 
@@ -106,11 +118,18 @@ class FileBinding:
         self._room = room
         self._model = documents.model(t.file_type, room.doc)
         unsaved = False
+        if self._lease_for is not None:
+            self._lease = self._lease_for(room.key)
+            self.leading = await self._lease.hold()
+            if self.leading:
+                log.info("%s: this node saves the file", path)
         if room.doc.get_state() == b"\x00":
+            # The same content gives the same items: every node may do it.
             room.apply_trusted(
                 documents.deterministic_update(t.file_type, loaded.content)
             )
-        elif self._content() != self._normal(loaded.content):
+        elif self.leading and self._content() != self._normal(loaded.content):
+            # (Without the lease, the holder reads the file into the room.)
             if self._model.ystate.get("hash") == loaded.state.hash:
                 # The file is as this room last loaded or saved it: the room
                 # is ahead, with edits ysyncd stopped before saving. Keep them.
@@ -157,6 +176,9 @@ class FileBinding:
 
     def stop(self) -> None:
         self._scope.cancel()
+        if self._lease is not None and self.leading:
+            self.leading = False
+            self._tg.start_soon(self._lease.release)
         if self._room is not None and self._subscription is not None:
             self._room.doc.unobserve(self._subscription)
             self._subscription = None
@@ -168,7 +190,7 @@ class FileBinding:
     async def save_if_changed(self) -> None:
         # Before eviction: after a save under way (not "skipped" for it, as a
         # client's request is), so the last edits are written.
-        if self._room is not None and not self.gone:
+        if self._room is not None and not self.gone and self.leading:
             await self._save_locked()
 
     # -- saving -------------------------------------------------------------------
@@ -177,6 +199,10 @@ class FileBinding:
         """Write the document if it differs from the file; set dirty and hash."""
         if self._room is None or self.gone:
             return "failed"
+        if not self.leading:
+            # Another node holds the file: it saves what reaches it (every
+            # committed edit does) once its autosave delay has passed.
+            return "skipped"
         if self._saving:
             return "skipped"  # a save is under way, as jupyter_server_ydoc says
         self._saving = True
@@ -235,6 +261,8 @@ class FileBinding:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._autosave)
                     tg.start_soon(self._poll)
+                    if self._lease is not None:
+                        tg.start_soon(self._keep_lease, self._lease)
             except Exception:
                 # Runs in the server's task group: a bug here must cost this
                 # room its file binding, not every room its server.
@@ -254,8 +282,58 @@ class FileBinding:
                 if quiet.cancelled_caught:
                     break
             room = self._room
-            if room is not None and self._autosave_wanted(room):
+            if room is not None and self.leading and self._autosave_wanted(room):
                 await self.save()
+
+    # -- many nodes ---------------------------------------------------------------
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        while True:
+            await anyio.sleep(LEASE_RENEW)
+            was, self.leading = self.leading, await lease.hold()
+            if self.leading and not was:
+                log.info("%s: this node now saves the file", self.path)
+                await self._take_over()
+            elif was and not self.leading:
+                log.warning("%s: lost the file's lease; another node saves", self.path)
+
+    async def _take_over(self) -> None:
+        """Bring this node's view of the file up to date, then save if due.
+
+        The last holder saved since this node read the file. If the file is
+        the one the room last saved or loaded (``state.hash`` says which), its
+        content is the room's as of then: remember it, and autosave whatever
+        came later. Otherwise it was edited outside: merge it, onto the room
+        as it is now.
+        """
+        async with self._lock:
+            t = self.target
+            try:
+                await self._follow_rename()
+                state = await self.files.stat(t.namespace, self.path)
+                if state is None:
+                    raise FileGone(f"{self.path} was deleted")
+                loaded = await self.files.read(
+                    t.namespace, self.path, t.file_format, t.file_type
+                )
+            except FileGone:
+                self._mark_gone()
+                return
+            except YsyncdError as exc:
+                log.warning(
+                    "%s: reading it after taking over failed: %s", self.path, exc
+                )
+                return
+            assert self._room is not None
+            self._base = self._room.doc.get_update()
+            if self._model.ystate.get("hash") == loaded.state.hash:
+                self._file = loaded.state
+                self._saved = documents.content_digest(self._normal(loaded.content))
+            else:
+                # Unknown to the merge, so that it takes the file's content.
+                self._file, self._saved = None, ""
+                await self._merge_outside_edits()
+        self._wake.set()
 
     # -- outside edits ------------------------------------------------------------
 
@@ -264,6 +342,8 @@ class FileBinding:
             with anyio.move_on_after(self.poll_interval):
                 await self._poked.wait()
             self._poked.clear()
+            if not self.leading:
+                continue
             async with self._lock:  # after a save under way, if any
                 try:
                     await self._check_file()

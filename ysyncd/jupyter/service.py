@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 from anyio.abc import TaskGroup
 
+from ysyncd.cluster import Cluster, Lease
 from ysyncd.config import Settings
 from ysyncd.errors import InvalidUpdate
 from ysyncd.jupyter import documents
@@ -95,8 +96,10 @@ class JupyterRooms:
         settings: Settings,
         transient: RoomRegistry,
         task_group: TaskGroup,
+        cluster: Cluster | None = None,
     ) -> None:
         self.settings = settings
+        self._cluster = cluster
         self.pattern = PathPattern(settings.room_pattern)
         self.transient = transient
         self.files: Files | None = open_files(settings)
@@ -181,5 +184,10 @@ class JupyterRooms:
             save_delay=self.settings.save_delay,
             poll_interval=self.settings.poll_interval,
             autosave_wanted=autosave_wanted,
+            lease_for=self._lease_for if self._cluster is not None else None,
         )
         return binding.setup
+
+    def _lease_for(self, room: str) -> Lease:
+        assert self._cluster is not None and self._cluster.backplane is not None
+        return self._cluster.backplane.lease(room)
