@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,8 +21,9 @@ from pycrdt import Doc, Text
 
 from tests.cluster import healthz, metric, running_cluster, wait_healthz
 from tests.jsclient import JsClient, require_node
+from tests.serverproc import running_server
 from tests.services import PostgresServer, RedisServer
-from tests.timing import scaled
+from tests.timing import scaled, wait_until
 from tests.yclient import YClient, stored_content
 from ysyncd import protocol
 from ysyncd.backplane.messages import Heartbeat, Updates, encode
@@ -294,3 +298,55 @@ async def test_a_backplane_needs_a_shared_store(tmp_path: Any, redis_url: str) -
         "--db postgresql://..."
     )
     assert err.decode().strip().splitlines() == [expected]
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's child processes (its workers)."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.update(int(pid) for pid in children)
+    return pids
+
+
+async def test_workers_serve_one_port_and_a_dead_one_is_started_again(
+    pg_url: str, redis_url: str
+) -> None:
+    """``--workers 3`` runs three nodes on one port: clients spread over them
+    converge. One is killed: the supervisor starts it again, its clients
+    reconnect, and every edit is there; SIGTERM stops them all."""
+    async with running_server(
+        pg_url, "--backplane", redis_url, "--workers", "3"
+    ) as server:
+        assert server.proc is not None
+        await wait_until(lambda: len(worker_pids(server.proc.pid)) == 3, "3 workers")
+        first = worker_pids(server.proc.pid)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(YClient.connect(server.url, "w"))
+                for _ in range(6)
+            ]
+            for n, client in enumerate(clients):
+                client.text.insert(0, f"<{n}>")
+            for client in clients:
+                await client.wait_confirmed()
+            for client in clients:
+                await client.wait(lambda c=client: str(c.text).count("<") == 6, "all")
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            await wait_until(
+                lambda: len(worker_pids(server.proc.pid) - (first - {victim})) == 1,
+                "a new worker",
+                timeout=15,
+            )
+            await wait_until(
+                lambda: any("starting it again" in line for line in server.log),
+                "the supervisor's word",
+            )
+        async with YClient.connect(server.url, "w") as late:
+            late.text.insert(0, "<late>")
+            await late.wait_confirmed()
+            assert str(late.text).count("<") == 7
+        assert await server.stop() == 0
+        gone = [pid for pid in first - {victim} if not os.path.exists(f"/proc/{pid}")]  # noqa: ASYNC240
+        assert len(gone) == 2

@@ -35,6 +35,7 @@ from ysyncd.errors import BackplaneError, StoreOpenError
 from ysyncd.jupyter.files import open_files
 from ysyncd.server import serve as run_server
 from ysyncd.server import tls_context
+from ysyncd.supervisor import inherited_socket, supervise
 
 __all__ = ["main"]
 
@@ -106,7 +107,32 @@ def serve(**options: Any) -> None:
         tls = tls_context(settings)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
+    if settings.workers > 1:
+        sys.exit(_supervise(settings))
     sys.exit(_run(_serve(settings, authorizer, tls), settings.loop))
+
+
+def _supervise(settings: Settings) -> int:
+    if not settings.backplane:
+        raise click.UsageError(
+            f"--workers {settings.workers} needs --backplane (and a shared "
+            "--db postgresql://...): each worker is a node"
+        )
+    # Each worker runs this command's own options (and environment).
+    args = sys.argv[sys.argv.index("serve") + 1 :] if "serve" in sys.argv else []
+    try:
+        return supervise(
+            settings.host,
+            settings.port,
+            settings.workers,
+            args,
+            settings.shutdown_timeout + 5,
+        )
+    except OSError as exc:
+        message = _startup_message(exc, settings)
+        if message is None:
+            raise
+        raise StartupError(message) from exc
 
 
 def _check_jupyter_files(settings: Settings) -> None:
@@ -246,7 +272,12 @@ async def _serve(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await run_server(
-            settings, stop, on_listening=on_listening, authorizer=authorizer, tls=tls
+            settings,
+            stop,
+            on_listening=on_listening,
+            authorizer=authorizer,
+            tls=tls,
+            sock=inherited_socket(),
         )
     except Exception as exc:
         message = None if listening else _startup_message(exc, settings)

@@ -66,6 +66,13 @@ class Settings:
         "redis://HOST:PORT/DB: share rooms with other nodes on the same "
         "PostgreSQL --db through this Redis (see Scaling out).",
     )
+    workers: int = _setting(
+        1,
+        "Processes serving on the one port, to use every core; more than 1 "
+        "needs --backplane. A worker that exits is started again.",
+        minimum=1,
+        maximum=256,
+    )
     log_level: str = _setting(
         "info",
         "Logging threshold.",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import socket
 import ssl
 import time
 import weakref
@@ -368,17 +369,20 @@ async def serve(
     on_listening: Listening | None = None,
     authorizer: Authorizer | None = None,
     tls: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then shut down gracefully (see module docs).
 
     ``authorizer`` defaults to the one ``settings.auth`` names; ``tls`` (see
-    :func:`tls_context`) serves wss:// instead of ws://.
+    :func:`tls_context`) serves wss:// instead of ws://; ``sock``, a socket
+    already listening (a worker's, see :mod:`ysyncd.supervisor`), is served
+    instead of binding ``settings.host`` and ``settings.port``.
     """
     if authorizer is None:
         authorizer = build_authorizer(settings)
     raise_stack_limit()
     try:
-        await _serve(settings, stop, on_listening, authorizer, tls)
+        await _serve(settings, stop, on_listening, authorizer, tls, sock)
     finally:
         await authorizer.aclose()
 
@@ -389,6 +393,7 @@ async def _serve(
     on_listening: Listening | None,
     authorizer: Authorizer,
     tls: ssl.SSLContext | None,
+    sock: socket.socket | None,
 ) -> None:
     if settings.backplane and not is_postgres_url(settings.db):
         raise BackplaneError(
@@ -491,8 +496,9 @@ async def _serve(
                 tg.start_soon(app.rechecker.run)
             async with ws_serve(
                 app.handler,
-                settings.host,
-                settings.port,
+                None if sock else settings.host,
+                None if sock else settings.port,
+                sock=sock,
                 create_connection=_counted(app),
                 process_request=app.process_request,
                 compression=None,  # per-peer deflate would dominate fan-out cost

@@ -67,25 +67,26 @@ def raise_stack_limit() -> None:
 def _init(parent: int) -> None:
     # The server handles Ctrl-C and shuts the worker down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL)
     raise_stack_limit()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Exit when the server does, even if it was killed (kill -9): an orphan
-    would hold the server's stderr and its own share of memory for ever."""
+def die_with_parent(parent: int, signum: signal.Signals) -> None:
+    """Get ``signum`` when the parent exits, even if it was killed (kill -9):
+    an orphan would hold the parent's stderr and its own share of memory for
+    ever. (A server's build worker, or a supervisor's server.)"""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, signum) != 0:
             log.warning("the worker cannot follow the server's exit")
         if os.getppid() != parent:  # it died before prctl took effect
-            os._exit(1)
+            os.kill(os.getpid(), signum)
         return
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(1)
+        os.kill(os.getpid(), signum)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
