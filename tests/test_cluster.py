@@ -233,8 +233,9 @@ async def test_a_lost_message_and_a_late_commit_are_repaired(
 ) -> None:
     """Another node (the test, speaking the backplane's format) commits three
     updates but publishes only the first and the third; later it commits a
-    fourth and publishes nothing but a heartbeat naming it. The node notices
-    both gaps and repairs from the store: its client gets all four."""
+    fourth and publishes nothing but a heartbeat naming it; then a fifth,
+    whose message its heartbeat says it dropped. The node notices each gap
+    and repairs from the store: its client gets all five."""
     async with running_cluster(pg_url, redis_url, 1) as (node,):
         async with YClient.connect(node.url, "gaps") as client:
             client.text.insert(0, "start ")
@@ -269,10 +270,19 @@ async def test_a_lost_message_and_a_late_commit_are_repaired(
                     lambda: str(client.text) == "start one two three four ",
                     "trailing gap repaired",
                 )
+                # A fifth it had to drop from its outbox: its heartbeat says so.
+                text.insert(len(text), "five ")
+                await store.append([("gaps", made[4])])
+                lossy = Heartbeat(origin, {}, ["gaps"])
+                await publisher.publish(nodes, encode(lossy))
+                await client.wait(
+                    lambda: str(client.text) == "start one two three four five ",
+                    "dropped message repaired",
+                )
             finally:
                 await publisher.aclose()
                 await store.aclose()
-        assert await metric(node, "ysyncd_cluster_gaps_total") >= 2
+        assert await metric(node, "ysyncd_cluster_gaps_total") >= 3
 
 
 async def test_a_backplane_needs_a_shared_store(tmp_path: Any, redis_url: str) -> None:

@@ -42,7 +42,7 @@ from ysyncd.backplane.messages import (
     Updates,
     Verdict,
 )
-from ysyncd.errors import BackplaneError
+from ysyncd.errors import BackplaneError, StoreError
 from ysyncd.room import Room, RoomFailed
 from ysyncd.stats import Stats
 
@@ -53,6 +53,11 @@ log = logging.getLogger("ysyncd.cluster")
 #: Seconds without a heartbeat after which a node counts as dead.
 NODE_TIMEOUT = 5.0
 _CHECK_SECONDS = 1.0
+_REPAIRS_AT_ONCE = 2
+_REPAIR_RETRY = 1.0
+_FLUSH_SECONDS = 2.0
+#: The most update bytes one message carries.
+MESSAGE_BYTES = 64 * 2**20
 _REPAIR = object()
 
 
@@ -76,6 +81,8 @@ class Backplane(Protocol):
     def publish_awareness(self, room: str, update: bytes) -> None: ...
 
     def lease(self, name: str) -> Lease: ...
+
+    async def flush(self, timeout: float) -> None: ...
 
     @property
     def published(self) -> int: ...
@@ -114,6 +121,8 @@ class _Link:
     #: Remote updates (lists, in order) and repairs, waiting for their turn.
     inbox: deque[list[bytes] | object] = field(default_factory=deque)
     draining: bool = False
+    #: Messages may have been missed while it loaded: repair once bound.
+    stale: bool = False
 
 
 @dataclass(slots=True)
@@ -139,6 +148,7 @@ class Cluster:
         self.read_doc: ReadDoc | None = None
         self._links: dict[str, _Link] = {}
         self._alive: dict[bytes, float] = {}
+        self._repairs = anyio.Semaphore(_REPAIRS_AT_ONCE)
         self.stats = ClusterStats()
 
     # The registry's side: subscribe, bind, drop.
@@ -163,12 +173,19 @@ class Cluster:
         early, link.early = link.early, []
         for message in early:
             self._deliver(room.key, link, message)
+        if link.stale:
+            link.stale = False
+            self._enqueue(link, _REPAIR)
 
     def detach(self, key: str) -> None:
         """``key`` left memory (evicted, or its load failed)."""
         link = self._links.pop(key, None)
-        if link is not None and link.room is not None:
-            link.room.publish_awareness = None
+        if link is not None:
+            if link.room is not None:
+                link.room.publish_awareness = None
+            # Its drain, if any, stops: the room is gone from this node.
+            link.room = None
+            link.inbox.clear()
         if self.backplane is not None:
             self._tg.start_soon(self.backplane.leave, key)
 
@@ -176,11 +193,17 @@ class Cluster:
         """The committer's hook: publish what one commit made durable."""
         if self.backplane is None:
             return
-        by_room: dict[str, list[bytes]] = {}
+        by_room: dict[str, list[list[bytes]]] = {}
         for room, update in batch:
-            by_room.setdefault(room, []).append(update)
-        for room, updates in by_room.items():
-            self.backplane.publish_updates(room, updates)
+            # One message per room and commit, cut where it would pass
+            # MESSAGE_BYTES (Redis refuses a bulk string over 512 MB).
+            parts = by_room.setdefault(room, [[]])
+            if parts[-1] and sum(map(len, parts[-1])) + len(update) > MESSAGE_BYTES:
+                parts.append([])
+            parts[-1].append(update)
+        for room, parts in by_room.items():
+            for updates in parts:
+                self.backplane.publish_updates(room, updates)
 
     def report(self, stats: Stats) -> None:
         """Show the backplane's state and traffic in ``/metrics``."""
@@ -205,6 +228,8 @@ class Cluster:
 
     async def aclose(self) -> None:
         if self.backplane is not None:
+            # The last commits reach the others now, not at the next repair.
+            await self.backplane.flush(_FLUSH_SECONDS)
             await self.backplane.aclose()
 
     # The backplane's side.
@@ -233,6 +258,8 @@ class Cluster:
             link.seqs.reset()
             if link.room is not None:
                 self._enqueue(link, _REPAIR)
+            else:
+                link.stale = True  # still loading: repaired once bound
 
     async def watch_nodes(self) -> None:
         """Forget nodes whose heartbeat stopped, and their clients' awareness."""
@@ -265,6 +292,14 @@ class Cluster:
                 if link.seqs.behind(beat.origin, seq):
                     self.stats.gaps += 1
                     self._enqueue(link, _REPAIR)
+        for room in beat.lossy:  # its outbox dropped messages of these
+            link = self._links.get(room)
+            if link is not None:
+                self.stats.gaps += 1
+                if link.room is None:
+                    link.stale = True
+                else:
+                    self._enqueue(link, _REPAIR)
 
     def _deliver(self, room: str, link: _Link, message: Message) -> None:
         assert link.room is not None
@@ -296,14 +331,15 @@ class Cluster:
     async def _drain(self, link: _Link) -> None:
         try:
             while link.inbox and (room := link.room) is not None:
-                await room.settle()
                 work = link.inbox.popleft()
                 if work is _REPAIR:
-                    await self._repair(room)
+                    await self._repair(link, room)
                     continue
                 assert isinstance(work, list)
                 for update in work:
-                    pending = room.apply_remote(update)
+                    # Each in turn: a big one keeps the room busy a while.
+                    await room.settle()
+                    pending = room.apply(update, remote=True)
                     if pending is not None:
                         await pending
                     self.stats.applied += 1
@@ -316,12 +352,23 @@ class Cluster:
         finally:
             link.draining = False
 
-    async def _repair(self, room: Room) -> None:
+    async def _repair(self, link: _Link, room: Room) -> None:
         assert self.read_doc is not None
         self.stats.repairs += 1
-        stored = await self.read_doc(room.key)
+        try:
+            # A few at a time: after a reconnect every room asks at once, and
+            # the store also has commits to make.
+            async with self._repairs:
+                stored = await self.read_doc(room.key)
+        except StoreError as exc:
+            # The doc is as good as it was; the repair is only late.
+            log.warning("room %r: repair failed, retrying: %s", room.key, exc)
+            await anyio.sleep(_REPAIR_RETRY)
+            self._enqueue(link, _REPAIR)
+            return
+        await room.settle()
         missing = stored.get_update(room.doc.get_state())
-        pending = room.apply_remote(missing)
+        pending = room.apply(missing, remote=True)
         if pending is not None:
             await pending
         log.info("room %r repaired from the store", room.key)

@@ -20,6 +20,7 @@ hold their echoes until it succeeds.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -50,6 +51,8 @@ ROW_COST_BYTES = 400
 _QUIET_SECONDS = 2.0
 _HOT_FACTOR = 16
 
+#: The most update bytes in one commit (one update may be bigger alone).
+_BATCH_BYTES = 64 * 2**20
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
 
@@ -235,8 +238,16 @@ class Committer:
             self._stopped.set()
 
     async def _commit_next_batch(self) -> None:
-        count = min(len(self._queue), self._batch_max)
-        batch = [self._queue[i] for i in range(count)]
+        batch: list[_Pending] = []
+        size = 0
+        for pending in itertools.islice(self._queue, self._batch_max):
+            # Bounded in bytes too: one statement carries the whole batch
+            # (PostgreSQL refuses a parameter over 1 GB).
+            if batch and size + len(pending.update) > _BATCH_BYTES:
+                break
+            batch.append(pending)
+            size += len(pending.update)
+        count = len(batch)
         rows = [(p.room, p.update) for p in batch]
         await self._append_with_retry(rows)
         for _ in range(count):

@@ -286,18 +286,19 @@ class Room:
                 log.debug("ignoring a permission-denied message sent by a client")
         return None
 
-    def apply(self, update: bytes) -> Awaitable[None] | None:
+    def apply(self, update: bytes, *, remote: bool = False) -> Awaitable[None] | None:
         """Apply a peer's update; store it, then echo it to everyone once durable.
 
         Small updates are applied at once; big ones return an awaitable that
         applies them a slice at a time (see :mod:`ysyncd.integrate`). An
-        update that changes nothing is dropped.
+        update that changes nothing is dropped. A ``remote`` one, another
+        node's, is durable already: it is relayed at once, not stored.
         """
         if update == _EMPTY_UPDATE:
             return None
         policy = self._updates
         if len(update) >= policy.slice_bytes:
-            return self._apply_sliced(update)
+            return self._apply_sliced(update, remote=remote)
         # Too short to nest past the limit or to hold many structs: no need
         # to walk it first.
         shape = None
@@ -310,8 +311,12 @@ class Room:
                 # yrs integrates long runs of small items in one update in
                 # quadratic time and memory (10,000 items: 1.6 s, 2.3 GB);
                 # in pieces they cost what separate updates do.
-                return self._apply_sliced(update, shape)
-        if self._apply_now(update, shape):
+                return self._apply_sliced(update, shape, remote=remote)
+        if not self._apply_now(update, shape):
+            return None
+        if remote:
+            self._relay_remote(update)
+        else:
             self.record(update)
         return None
 
@@ -343,8 +348,10 @@ class Room:
             if not self._tainted:
                 self._busy = None
                 busy.set()
-        if changed:
-            self._relay_remote(update) if remote else self.record(update)
+        if changed and remote:
+            self._relay_remote(update)
+        elif changed:
+            self.record(update)
 
     def record(self, update: bytes) -> None:
         """Store and echo an update already applied to :attr:`doc`.
@@ -545,20 +552,6 @@ class Room:
             self.publish_awareness(update)
 
     # What other nodes send (see ysyncd.cluster): already durable, or awareness.
-
-    def apply_remote(self, update: bytes) -> Awaitable[None] | None:
-        """Apply an update another node committed, and relay it to the peers.
-
-        It is durable already, so it goes out at once, not behind this node's
-        own commits. Big ones are applied a slice at a time, like a peer's.
-        """
-        if update == _EMPTY_UPDATE:
-            return None
-        if len(update) >= self._updates.slice_bytes:
-            return self._apply_sliced(update, remote=True)
-        if self._apply_now(update):
-            self._relay_remote(update)
-        return None
 
     def _relay_remote(self, update: bytes) -> None:
         self._answers = None  # the doc changed under the cached answers

@@ -213,7 +213,10 @@ class RoomRegistry:
         del self._loading[key]
         self.rooms[key] = room
         if self._cluster is not None:
-            self._cluster.bind(room)
+            try:
+                self._cluster.bind(room)
+            except Exception:  # a bug there must fail this room's sync only
+                log.exception("room %r: following other nodes failed", key)
         loading.set_result(room)
         log.info(
             "room %r loaded: %d stored rows in %.1f ms",

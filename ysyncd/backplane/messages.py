@@ -79,10 +79,11 @@ class Awareness:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """``origin`` is alive; the last number it gave each room it published to
-    lately."""
+    lately; rooms whose messages it had to drop (the others repair them)."""
 
     origin: bytes
     latest: dict[str, int] = field(default_factory=dict)
+    lossy: list[str] = field(default_factory=list)
 
 
 Message = Updates | Awareness | Heartbeat
@@ -98,11 +99,12 @@ def encode(message: Message) -> bytes:
                 parts += (write_var_uint(len(update)), update)
         case Awareness(origin, update):
             parts = [_AWARENESS, origin, write_var_uint(len(update)), update]
-        case Heartbeat(origin, latest):
+        case Heartbeat(origin, latest, lossy):
             parts = [_HEARTBEAT, origin, write_var_uint(len(latest))]
             for room, seq in latest.items():
-                name = room.encode()
-                parts += (write_var_uint(len(name)), name, write_var_uint(seq))
+                parts += (_var_string(room), write_var_uint(seq))
+            parts.append(write_var_uint(len(lossy)))
+            parts += map(_var_string, lossy)
     return b"".join(parts)
 
 
@@ -132,17 +134,31 @@ def decode(data: bytes) -> Message:
             raise DecodeError("more rooms announced than bytes left")
         latest: dict[str, int] = {}
         for _ in range(count):
-            try:
-                room = reader.var_bytes().decode()
-            except UnicodeDecodeError as exc:
-                raise DecodeError("room name is not UTF-8") from exc
+            room = _read_string(reader)
             latest[room] = reader.var_uint()
-        message = Heartbeat(origin, latest)
+        count = reader.var_uint()
+        if count > reader.remaining:
+            raise DecodeError("more rooms announced than bytes left")
+        message = Heartbeat(
+            origin, latest, [_read_string(reader) for _ in range(count)]
+        )
     else:
         raise DecodeError(f"unknown backplane message kind {kind!r}")
     if reader.remaining:
         raise DecodeError("trailing bytes after a backplane message")
     return message
+
+
+def _var_string(text: str) -> bytes:
+    data = text.encode()
+    return write_var_uint(len(data)) + data
+
+
+def _read_string(reader: Reader) -> str:
+    try:
+        return reader.var_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError("room name is not UTF-8") from exc
 
 
 class Verdict(Enum):

@@ -9,6 +9,10 @@ across a reconnect, so nothing here trusts it to be complete:
   Redis is back; the outbox is bounded, and what it drops shows up as a gap.
 * When the subscriber's connection comes back, every room is repaired, once
   the subscriptions are active again (a PING answered after them says so).
+  The same happens when a subscription cannot be confirmed, and when this
+  node's own heartbeat stops coming back (a connection that died silently).
+* A message the outbox had to drop is named in the next heartbeat, and the
+  other nodes repair its room.
 
 Two connections: one subscribed (the reader), one for publishing (the
 publisher task, which also sends the heartbeat). Each room has a channel
@@ -58,6 +62,8 @@ _PIPELINE_MAX = 512
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 2.0
 _SUBSCRIBE_TIMEOUT = 5.0
+#: No own heartbeat back for this long: the subscription is dead.
+_SILENT_SECONDS = 3.5
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 #: Called with a room's name (None for the nodes' channel) and a message.
@@ -97,13 +103,20 @@ class RedisBackplane:
         self._client = aioredis.from_url(url)
         self._pubsub = _PubSub(self._client.connection_pool, on_connect=self._connected)
         self._opened = False
+        # Set when messages may have been missed: fix the subscriptions, PING,
+        # and at the answer repair every room.
+        self._resync = False
+        self._own_beat_at = time.monotonic()
         # Sent once the subscriber connected again; its answer says that
         # every subscription is active again.
         self._ping_token: bytes | None = None
         self._pending_pong: bytes | None = None
         self._rooms: set[str] = set()
         self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._outbox: deque[tuple[bytes, bytes]] = deque()
+        # (room or None, channel, data, rooms a heartbeat names as lossy)
+        self._outbox: deque[tuple[str | None, bytes, bytes, frozenset[str]]] = deque()
+        self._lossy: set[str] = set()
+        self._drained = asyncio.Event()  # set whenever the outbox empties
         self._wakeup = asyncio.Event()
         self._seqs: dict[str, int] = {}
         self._recent: dict[str, float] = {}
@@ -132,6 +145,7 @@ class RedisBackplane:
             with anyio.fail_after(timeout):
                 await self._client.ping()
                 await self._pubsub.subscribe(self._nodes_channel)
+                self._own_beat_at = time.monotonic() + timeout
                 while not self.subscriber_up:
                     message = await self._pubsub.get_message(timeout=timeout)
                     if message is not None:
@@ -163,16 +177,20 @@ class RedisBackplane:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(channel, []).append(waiter)
+        confirmed = False
         try:
             await self._pubsub.subscribe(channel)
             with anyio.move_on_after(_SUBSCRIBE_TIMEOUT):
                 await waiter
+                confirmed = True
         except _ERRORS as exc:
             log.warning("backplane: subscribing to room %r failed: %s", room, exc)
         finally:
             waiters = self._waiting.get(channel, [])
             if waiter in waiters:
                 waiters.remove(waiter)
+        if not confirmed:
+            self._lost_messages()
 
     async def leave(self, room: str) -> None:
         """Stop receiving ``room``'s messages (it left this node's memory)."""
@@ -190,26 +208,37 @@ class RedisBackplane:
         self._seqs[room] = seq
         self._recent[room] = time.monotonic()
         message = Updates(self.node, seq, int(time.time() * 1000), updates)
-        self._queue(self.channel(room), encode(message))
+        self._queue(room, encode(message))
 
     def publish_awareness(self, room: str, update: bytes) -> None:
         """Queue an awareness update this node relayed in ``room``."""
-        self._queue(self.channel(room), encode(Awareness(self.node, update)))
+        self._queue(room, encode(Awareness(self.node, update)))
 
-    def _queue(self, channel: bytes, data: bytes) -> None:
+    def _queue(self, room: str, data: bytes) -> None:
         if len(self._outbox) >= _OUTBOX_MAX:
-            # Receivers see the gap in the numbers, and repair from the store.
-            self._outbox.popleft()
+            dropped = self._outbox.popleft()[0]
+            if dropped is not None:
+                # The next heartbeat names the room: the others repair it.
+                self._lossy.add(dropped)
             self.dropped += 1
-        self._outbox.append((channel, data))
+        self._outbox.append((room, self.channel(room), data, frozenset()))
+        self._drained.clear()
         self._wakeup.set()
 
-    def _heartbeat(self) -> bytes:
+    def _heartbeat(self) -> tuple[str | None, bytes, bytes, frozenset[str]]:
         now = time.monotonic()
         for room in [r for r, t in self._recent.items() if now - t > _RECENT_SECONDS]:
             del self._recent[room]
         latest = {room: self._seqs[room] for room in self._recent}
-        return encode(Heartbeat(self.node, latest))
+        lossy = frozenset(self._lossy)
+        data = encode(Heartbeat(self.node, latest, sorted(lossy)))
+        return (None, self._nodes_channel, data, lossy)
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until the outbox is sent, for at most ``timeout`` seconds."""
+        if self._outbox and self.publisher_up:
+            with anyio.move_on_after(timeout):
+                await self._drained.wait()
 
     async def _publish_loop(self) -> None:
         delay = _RETRY_FIRST
@@ -218,7 +247,7 @@ class RedisBackplane:
             now = time.monotonic()
             if now >= next_beat:
                 # Behind the updates already queued: it names their numbers.
-                self._outbox.append((self._nodes_channel, self._heartbeat()))
+                self._outbox.append(self._heartbeat())
                 next_beat = now + HEARTBEAT_SECONDS
             if not self._outbox:
                 self._wakeup.clear()
@@ -230,10 +259,10 @@ class RedisBackplane:
             ]
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, data in batch:
+                    for _, channel, data, _ in batch:
                         pipe.publish(channel, data)
                     await pipe.execute()
-            except _ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: retried
                 if self.publisher_up:
                     log.error("backplane: publishing failed, retrying: %s", exc)
                 self.publisher_up = False
@@ -241,7 +270,10 @@ class RedisBackplane:
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             for _ in batch:
-                self._outbox.popleft()
+                _, _, _, told = self._outbox.popleft()
+                self._lossy -= told
+            if not self._outbox:
+                self._drained.set()
             self.published += len(batch)
             if not self.publisher_up:
                 log.warning("backplane: publishing works again")
@@ -249,39 +281,67 @@ class RedisBackplane:
             delay = _RETRY_FIRST
 
     def _connected(self) -> None:
-        # Whatever was published while we were away is lost to us: once the
-        # subscriptions are active again (the PING's answer comes after
-        # theirs), every room is repaired from the store.
-        self._ping_token = uuid.uuid4().hex.encode()
+        # Whatever was published while we were away is lost to us.
+        self._lost_messages()
+
+    def _lost_messages(self) -> None:
+        """Messages may have been missed: resubscribe, then repair every room."""
+        self.subscriber_up = False
+        self._resync = True
 
     async def _read_loop(self) -> None:
         delay = _RETRY_FIRST
         while True:
             try:
-                if self._ping_token is not None:
-                    token, self._ping_token = self._ping_token, None
-                    await self._pubsub.ping(token)
-                    self._pending_pong = token
+                if self._resync:
+                    await self._resubscribe()
                 message = await self._pubsub.get_message(timeout=HEARTBEAT_SECONDS)
-            except _ERRORS as exc:
-                if self.subscriber_up:
+                if message is not None:
+                    self._handle(message)
+                await self._check_silence()
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
+                if self.subscriber_up or not self._resync:
                     log.error("backplane: lost the subscription, reconnecting: %s", exc)
-                self.subscriber_up = False
+                self._lost_messages()
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             delay = _RETRY_FIRST
-            if message is not None:
-                self._handle(message)
+
+    async def _resubscribe(self) -> None:
+        """Subscribe to exactly the rooms held, then PING: once the answer
+        comes, every subscription is active (see :meth:`_handle`)."""
+        wanted = {self._nodes_channel} | {self.channel(r) for r in self._rooms}
+        held = {bytes(c) for c in self._pubsub.channels}
+        if wanted - held:
+            await self._pubsub.subscribe(*(wanted - held))
+        if held - wanted:
+            await self._pubsub.unsubscribe(*(held - wanted))
+        token = uuid.uuid4().hex.encode()
+        await self._pubsub.ping(token)
+        self._pending_pong = token
+        self._resync = False
+
+    async def _check_silence(self) -> None:
+        """Our own heartbeat comes back every second while the subscription
+        works; when it stops (and publishing works), the connection died
+        without telling: drop it, so that the next read reconnects."""
+        silent = time.monotonic() - self._own_beat_at
+        if self.subscriber_up and self.publisher_up and silent > _SILENT_SECONDS:
+            log.error("backplane: no message for %.1f s; reconnecting", silent)
+            self._lost_messages()
+            connection = self._pubsub.connection
+            if connection is not None:
+                await connection.disconnect()
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "pong":
             if message["data"] == self._pending_pong:
                 self._pending_pong = None
-                if not self.subscriber_up:
-                    log.warning("backplane: subscribed again; repairing every room")
+                log.warning("backplane: subscribed again; repairing every room")
                 self.subscriber_up = True
+                self._own_beat_at = time.monotonic()
                 self._on_reconnect()
             return
         if kind == "subscribe":
@@ -302,7 +362,8 @@ class RedisBackplane:
             log.warning("backplane: dropping a malformed message: %s", exc)
             return
         if decoded.origin == self.node:
-            return  # our own, back from Redis
+            self._own_beat_at = time.monotonic()  # the subscription works
+            return
         if channel == self._nodes_channel:
             self._on_message(None, decoded)
             return

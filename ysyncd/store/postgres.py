@@ -66,7 +66,7 @@ _MIGRATION_LOCK = "ysyncd:migrate"
 _NODE_LOCK = "ysyncd:nodes"
 _COMPACTION_LOCK = "ysyncd:compact:"
 _POOL_MIN = 1
-_POOL_MAX = 4
+_POOL_MAX = 8
 
 _LOAD = f"""
 SELECT 0::bigint AS id, snapshot AS data FROM {SCHEMA}.rooms WHERE name = $1
@@ -110,19 +110,36 @@ _MIGRATIONS: dict[int, list[str]] = {
 
 #: What a lost connection, a server shutting down or a refused connection
 #: raise: the commit is retried, the load fails that room only.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,  # TimeoutError included: a statement past its command timeout
+)
+#: Seconds a statement may take before it counts as failed (a server that
+#: went silent must not hold commits for the kernel's TCP timeout).
+_COMMAND_TIMEOUT = 30.0
 
 
 class PostgresStore:
     """Durable update store in a PostgreSQL database, shared by many nodes."""
 
     def __init__(
-        self, pool: asyncpg.Pool, node_lock: asyncpg.Connection, epoch: str, url: str
+        self,
+        pool: asyncpg.Pool,
+        node_lock: asyncpg.Connection,
+        epoch: str,
+        shown: str,
+        *,
+        dsn: str,
+        shared: bool,
     ) -> None:
         self._pool = pool
         self._node_lock = node_lock
         self._epoch = epoch
-        self._url = url
+        self._url = shown  # for messages: without the password
+        self._dsn = dsn
+        self._shared = shared
         self._room_ids: dict[str, int] = {}
 
     @classmethod
@@ -156,8 +173,7 @@ class PostgresStore:
                 min_size=_POOL_MIN,
                 max_size=_POOL_MAX,
                 timeout=connect_timeout,
-                # Room names and updates only: nothing to gain from prepared
-                # statement caches beyond asyncpg's default.
+                command_timeout=_COMMAND_TIMEOUT,
             )
         except BaseException as exc:
             await node_lock.close()
@@ -165,7 +181,7 @@ class PostgresStore:
                 raise StoreOpenError(shown, _connect_reason(exc)) from exc
             raise
         log.info("store: PostgreSQL at %s", shown)
-        return cls(pool, node_lock, epoch, shown)
+        return cls(pool, node_lock, epoch, shown, dsn=url, shared=shared)
 
     @property
     def epoch(self) -> str:
@@ -264,11 +280,26 @@ class PostgresStore:
         return result
 
     async def ping(self) -> None:
-        """Raise :class:`StoreError` unless the database answers now."""
+        """Raise :class:`StoreError` unless the database answers now, and
+        this node holds its node lock again after losing its connection."""
         try:
             await self._pool.fetchval("SELECT 1")
+            if self._node_lock.is_closed():
+                await self._take_node_lock_again()
         except _DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL at {self._url} unreachable: {exc}") from exc
+
+    async def _take_node_lock_again(self) -> None:
+        # A restart or failover of PostgreSQL ended the session holding the
+        # lock: without it, a node with no backplane could start beside us.
+        conn = await asyncpg.connect(self._dsn, timeout=_COMMAND_TIMEOUT)
+        try:
+            await _take_node_lock(conn, self._url, shared=self._shared)
+        except BaseException:
+            await conn.close()
+            raise
+        self._node_lock = conn
+        log.warning("store: the node lock is held again")
 
     async def aclose(self) -> None:
         try:
