@@ -32,7 +32,7 @@ RUN groupadd --gid 10001 ysyncd \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ysyncd ./ysyncd
-RUN pip install --no-cache-dir ".[auth,jupyter,uvloop]"
+RUN pip install --no-cache-dir ".[auth,cluster,jupyter,uvloop]"
 
 # Numeric, so runtimes that check for a non-root user (Kubernetes
 # runAsNonRoot) can verify it without reading /etc/passwd.
