@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 from pycrdt import Doc, Text
 
@@ -175,6 +176,8 @@ async def test_edits_converge_without_reconnecting_after_redis_restarts(
                 right.text.insert(len(right.text), f"R{i} ")
                 if i == 5:
                     await own_redis.stop()
+                if i == 10:
+                    await wait_healthz(a, 503)  # the backplane is away
                 if i == 12:
                     await own_redis.start()
                 await asyncio.sleep(0.05)
@@ -263,6 +266,9 @@ async def test_a_lost_message_and_a_late_commit_are_repaired(
                 await client.wait(
                     lambda: str(client.text) == "start one two three ", "gap repaired"
                 )
+                # The lost one arrives after all, out of order: nothing doubles.
+                late = Updates(origin, 2, int(time.time() * 1000), [made[1]])
+                await publisher.publish(channel, encode(late))
                 await store.append([("gaps", made[3])])
                 beat = Heartbeat(origin, {"gaps": 4})
                 await publisher.publish(nodes, encode(beat))
@@ -360,3 +366,35 @@ async def test_workers_serve_one_port_and_a_dead_one_is_started_again(
         assert await server.stop() == 0
         gone = [pid for pid in first - {victim} if not os.path.exists(f"/proc/{pid}")]  # noqa: ASYNC240
         assert len(gone) == 2
+
+
+async def test_an_unreachable_backplane_is_one_line(pg_url: str) -> None:
+    """Redis that does not answer at start: one line naming the flag, exit 2."""
+    url = "redis://127.0.0.1:1/0"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "ysyncd", "serve", "--port", "0"),
+        *("--db", pg_url, "--backplane", url),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(scaled(30)):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    text = err.decode()
+    assert "Traceback" not in text, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"ysyncd: --backplane {url}: "), text
+    assert "refused" in last
+
+
+async def test_every_node_hands_out_the_same_session_id(
+    pg_url: str, redis_url: str
+) -> None:
+    """The epoch (a Jupyter sessionId) is the shared store's."""
+    async with running_cluster(pg_url, redis_url, 2) as nodes:
+        epochs = set()
+        for node in nodes:
+            async with httpx.AsyncClient(timeout=scaled(5)) as client:
+                answer = await client.get(f"{node.http_url}/_ysyncd/epoch")
+            epochs.add(answer.json()["epoch"])
+        assert len(epochs) == 1
