@@ -23,6 +23,7 @@ from pycrdt import Doc, Text
 
 from tests.cluster import healthz, metric, running_cluster, wait_healthz
 from tests.jsclient import JsClient, require_node
+from tests.jupyterclient import JupyterClient, room_path
 from tests.serverproc import running_server
 from tests.services import PostgresServer, RedisServer
 from tests.timing import scaled, wait_until
@@ -459,3 +460,27 @@ async def test_edits_across_reconnects_survive_rooms_unloading(
             assert sum("evicted" in line for line in a.log) >= 3, a.log
             await flaky.call("wait_content", expect=union)
             await steady.call("wait_content", expect=union)
+
+
+async def test_jupyterlabs_global_awareness_spans_the_nodes(
+    pg_url: str, redis_url: str
+) -> None:
+    """JupyterLab's collaborators panel (its transient globalAwareness room,
+    kept in memory) shows users whatever node they reached; never stored."""
+    room = room_path("alice", "JupyterLab:globalAwareness")
+    async with (
+        running_cluster(pg_url, redis_url, 2) as (a, b),
+        JupyterClient.connect(a.url, room) as here,
+        JupyterClient.connect(b.url, room) as there,
+    ):
+        await here.set_awareness(101, 1, {"user": {"name": "alice"}})
+        await there.wait(lambda: 101 in there.awareness, "alice on the other node")
+        await there.set_awareness(202, 1, {"user": {"name": "bob"}})
+        await here.wait(lambda: 202 in here.awareness, "bob on the first node")
+        here.text.insert(0, "transient")
+        await there.wait(lambda: str(there.text) == "transient", "the edit")
+    store = await open_store(pg_url, shared=True)
+    try:
+        assert (await store.load(room)).updates == []
+    finally:
+        await store.aclose()

@@ -150,6 +150,18 @@ class Cluster:
         self._alive: dict[bytes, float] = {}
         self._repairs = anyio.Semaphore(_REPAIRS_AT_ONCE)
         self.stats = ClusterStats()
+        # Clusters of other registries on the same backplane, by name prefix.
+        self._spaces: dict[str, Cluster] = {}
+
+    def space(self, prefix: str) -> Cluster:
+        """A cluster for another registry's rooms (Jupyter's transient ones),
+        on the same backplane, its room names kept apart by ``prefix``."""
+        assert self.backplane is not None
+        other = Cluster(self._tg)
+        other.backplane = _Space(self.backplane, prefix)
+        self._spaces[prefix] = other
+        self._tg.start_soon(other.watch_nodes)
+        return other
 
     # The registry's side: subscribe, bind, drop.
 
@@ -236,6 +248,12 @@ class Cluster:
 
     def on_message(self, room: str | None, message: Message) -> None:
         """A message from another node (``room`` None: the nodes' channel)."""
+        for prefix, space in self._spaces.items():
+            if room is None:
+                space.on_message(None, message)
+            elif room.startswith(prefix):
+                space.on_message(room[len(prefix) :], message)
+                return
         self._alive[message.origin] = time.monotonic()
         if room is None:
             if isinstance(message, Heartbeat):
@@ -251,6 +269,8 @@ class Cluster:
 
     def on_reconnect(self) -> None:
         """The backplane lost messages: repair every room from the store."""
+        for space in self._spaces.values():
+            space.on_reconnect()
         now = time.monotonic()
         # Nodes were not heard while we were away; give them time again.
         self._alive = dict.fromkeys(self._alive, now)
@@ -372,6 +392,56 @@ class Cluster:
         if pending is not None:
             await pending
         log.info("room %r repaired from the store", room.key)
+
+
+class _Space:
+    """A backplane seen through a prefix on every room name."""
+
+    def __init__(self, inner: Backplane, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        self.node = inner.node
+
+    @property
+    def healthy(self) -> bool:
+        return self._inner.healthy
+
+    @property
+    def subscriber_up(self) -> bool:
+        return self._inner.subscriber_up
+
+    @property
+    def published(self) -> int:
+        return self._inner.published
+
+    @property
+    def received(self) -> int:
+        return self._inner.received
+
+    @property
+    def dropped(self) -> int:
+        return self._inner.dropped
+
+    async def join(self, room: str) -> None:
+        await self._inner.join(self._prefix + room)
+
+    async def leave(self, room: str) -> None:
+        await self._inner.leave(self._prefix + room)
+
+    def publish_updates(self, room: str, updates: list[bytes]) -> None:
+        self._inner.publish_updates(self._prefix + room, updates)
+
+    def publish_awareness(self, room: str, update: bytes) -> None:
+        self._inner.publish_awareness(self._prefix + room, update)
+
+    def lease(self, name: str) -> Lease:
+        return self._inner.lease(self._prefix + name)
+
+    async def flush(self, timeout: float) -> None:
+        await self._inner.flush(timeout)
+
+    async def aclose(self) -> None:
+        return None  # the inner backplane is closed by its own cluster
 
 
 async def open_cluster(url: str, epoch: str, task_group: TaskGroup) -> Cluster:

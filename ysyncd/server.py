@@ -453,9 +453,14 @@ async def _serve(
             if settings.ping_interval:
                 keepalive = Keepalive(settings.ping_interval, settings.ping_timeout)
                 tg.start_soon(keepalive.run)
-            # Transient Jupyter rooms (global awareness, forks): memory only.
+            # Transient Jupyter rooms (global awareness, forks): memory only,
+            # and relayed between nodes like the others, under names of their
+            # own (a NUL cannot start a room's name).
             scratch = Committer(MemoryStore(), batch_max=settings.commit_batch_max)
             await tg.start(scratch.run)
+            passing = cluster.space("\x00transient/") if cluster else None
+            if passing is not None:
+                scratch.on_commit = passing.committed
             jupyter = JupyterRooms(
                 settings,
                 RoomRegistry(
@@ -465,6 +470,7 @@ async def _serve(
                     policy=policy,
                     fan_out=fan_out,
                     updates=updates,
+                    cluster=passing,
                 ),
                 tg,
                 cluster,
