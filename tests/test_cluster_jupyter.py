@@ -22,6 +22,7 @@ from tests.test_jupyter_e2e import (  # noqa: F401 - the module's Jupyter server
     wait_for_file,
     ysyncd_path,
 )
+from tests.timing import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -61,6 +62,12 @@ async def test_one_node_saves_and_another_takes_over_when_it_dies(
                     lambda d: b"from node A" in d and b"from node B" in d,
                     "both nodes' edits in the file",
                     timeout=15,
+                )
+                # (Logs arrive through a pipe: wait for the line, do not
+                # expect it at once.)
+                await wait_until(
+                    lambda: any(saves_by(n.log, nb_file.path) for n in nodes),
+                    "the save in a node's log",
                 )
                 holders = [
                     n for n in nodes if any("this node saves" in x for x in n.log)
