@@ -1,7 +1,8 @@
 """``python -m benchmarks``: ysyncd against the Node reference server.
 
 Exit codes: 0 when every run converged, 1 when a run failed or did not
-converge, 2 when the benchmark could not start (Node.js or npm missing), 130
+converge, 2 when the benchmark could not start (Node.js or npm missing; or
+PostgreSQL or Redis, for the cluster scenario named in ``--scenarios``), 130
 when interrupted.
 """
 
@@ -20,9 +21,16 @@ from pathlib import Path
 
 from benchmarks.machine import machine_facts
 from benchmarks.report import summarize, write_reports
-from benchmarks.runner import run_all
-from benchmarks.scenarios import SCENARIOS, RunContext, build_cases
-from benchmarks.servers import BENCH_DIR, SERVERS, SetupError, ensure_node_modules
+from benchmarks.runner import RunRecord, run_all
+from benchmarks.scenarios import SCENARIOS, Case, RunContext, build_cases
+from benchmarks.servers import (
+    BENCH_DIR,
+    SERVERS,
+    ServerSpec,
+    SetupError,
+    ensure_node_modules,
+)
+from benchmarks.services import Services, missing_services
 
 DEFAULT_ROUNDS = 3
 
@@ -65,9 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        default=[",".join(SCENARIOS)],
+        default=None,
         metavar="NAME",
-        help=f"scenarios to run, comma- or space-separated: {', '.join(SCENARIOS)}",
+        help=(
+            f"scenarios to run, comma- or space-separated: {', '.join(SCENARIOS)}"
+            " (default: all; cluster only where PostgreSQL and Redis are installed)"
+        ),
     )
     parser.add_argument(
         "--out",
@@ -76,9 +87,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="directory for results.json and results.md (default: benchmarks/results)",
     )
     args = parser.parse_args(argv)
+    #: Scenarios named on the command line must run; the default's may be
+    #: skipped (cluster, without PostgreSQL or Redis).
+    args.scenarios_named = args.scenarios is not None
     try:
         args.servers = _names([args.servers], list(SERVERS), "server")
-        args.scenarios = _names(args.scenarios, SCENARIOS, "scenario")
+        args.scenarios = _names(
+            args.scenarios or list(SCENARIOS), SCENARIOS, "scenario"
+        )
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if not args.servers or not args.scenarios:
@@ -101,6 +117,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+async def _run(
+    cases: Sequence[Case], specs: Sequence[ServerSpec], rounds: int, ctx: RunContext
+) -> list[RunRecord]:
+    """Every run, then PostgreSQL and Redis stopped (if a cluster case started them)."""
+    try:
+        return await run_all(cases, specs, rounds, ctx)
+    finally:
+        await ctx.services.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not Path("/proc/self/stat").exists():
@@ -112,6 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SetupError as exc:
             _log(f"error: {exc}")
             return 2
+    if "cluster" in args.scenarios and "ysyncd" in args.servers:
+        missing = missing_services()
+        if missing and args.scenarios_named:
+            _log(f"error: the cluster scenario needs {', '.join(missing)}")
+            return 2
+        if missing:
+            _log(f"skipping the cluster scenario: no {', '.join(missing)}")
+            args.scenarios.remove("cluster")
     _raise_fd_limit()
     specs = [SERVERS[name] for name in args.servers]
     cases = build_cases(args.scenarios, quick=args.quick)
@@ -128,18 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ysyncd-bench-") as workdir:
-        ctx = RunContext(Path(workdir), _log)
+        ctx = RunContext(Path(workdir), _log, Services(_log))
         try:
-            records = asyncio.run(run_all(cases, specs, args.rounds, ctx))
+            records = asyncio.run(_run(cases, specs, args.rounds, ctx))
         except KeyboardInterrupt:
             _log("interrupted; the servers were stopped, no results written")
             return 130
     settings["wall_s"] = round(time.monotonic() - started, 1)
     settings["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     summaries = summarize(cases, args.servers, records)
-    json_path, md_path = write_reports(
-        args.out, facts, settings, summaries, records, args.servers
-    )
+    json_path, md_path = write_reports(args.out, facts, settings, summaries, records)
     print(md_path.read_text())
     failed = [r for r in records if not r.ok]
     _log(f"wrote {json_path} and {md_path} in {settings['wall_s']} s")

@@ -250,7 +250,7 @@ async def abort_all(clients: Sequence[Client]) -> None:
 
 
 async def connect_many(
-    url: str,
+    url: str | Sequence[str],
     targets: Sequence[tuple[str, int]],
     *,
     concurrency: int,
@@ -258,17 +258,19 @@ async def connect_many(
 ) -> tuple[list[Client], list[int]]:
     """Connect one client per ``(room, client_id)``, at most ``concurrency`` at once.
 
-    Returns the clients, in order, and how long each took (ns) from the start of
-    its connect until it had the document. If any fails, all are closed.
+    ``url`` is the server's, or one per target (a cluster's nodes). Returns the
+    clients, in order, and how long each took (ns) from the start of its
+    connect until it had the document. If any fails, all are closed.
     """
     gate = asyncio.Semaphore(concurrency)
     durations = [0] * len(targets)
+    urls = [url] * len(targets) if isinstance(url, str) else list(url)
 
     async def one(i: int, room: str, client_id: int) -> Client:
         async with gate:
             started = time.perf_counter_ns()
             client = await Client.connect(
-                url, room, client_id, label=f"{room}#{i}", track_echo=track_echo
+                urls[i], room, client_id, label=f"{room}#{i}", track_echo=track_echo
             )
             durations[i] = time.perf_counter_ns() - started
             return client

@@ -1,8 +1,11 @@
 """Measured windows and latencies.
 
 A window is fixed in time (perf_counter ns). The server's CPU time (its child
-processes' included: ysyncd's worker) is read from /proc at its start and its
-end; so is the load generator's own. Python's cyclic
+processes' included: ysyncd's worker; every node's, for a cluster) is read from
+/proc at its start and its end; so is the load generator's own, and any other
+part the server reports apart (a cluster's PostgreSQL and Redis, each node).
+Counters the server keeps (a cluster node's ``/metrics``) may be read at both
+ends too, just outside the CPU readings. Python's cyclic
 garbage collector is paused inside the window, so that its pauses do not show up
 as server latency (reference counting still frees memory meanwhile).
 """
@@ -12,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from benchmarks import procstat
 from benchmarks.payloads import StructId
-from benchmarks.servers import RunningServer
 
 __all__ = [
+    "Counters",
     "Latencies",
+    "Measured",
     "Usage",
     "latencies",
     "measure_during",
@@ -31,6 +35,18 @@ __all__ = [
 
 
 T = TypeVar("T")
+
+#: Reads a server's counters (name -> value) at one end of a window.
+Counters = Callable[[], Awaitable[dict[str, float]]]
+
+
+class Measured(Protocol):
+    """What a window measures: a server, or several (a cluster)."""
+
+    def cpu_readings(self) -> dict[str, float]:
+        """CPU seconds so far: ``"own"`` and ``"children"`` (the server's
+        processes, and their child processes), and any other part that is
+        reported apart, by name (not counted as the server's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +59,10 @@ class Usage:
     loadgen_cpu_s: float
     #: Of ``server_cpu_s``, what its child processes took.
     children_cpu_s: float = 0.0
+    #: CPU seconds of the parts reported apart (see :class:`Measured`).
+    parts_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: How much each counter grew over the window.
+    counts: dict[str, float] = field(default_factory=dict)
 
     @property
     def server_cpu_pct(self) -> float:
@@ -59,33 +79,44 @@ async def sleep_until(t_ns: int) -> None:
         await asyncio.sleep(delay)
 
 
-async def measure_window(server: RunningServer, start_ns: int, end_ns: int) -> Usage:
+async def measure_window(
+    server: Measured, start_ns: int, end_ns: int, counters: Counters | None = None
+) -> Usage:
     """Sleep until ``start_ns``, then measure until ``end_ns``."""
     await sleep_until(start_ns)
+    counts0 = await counters() if counters is not None else {}
     gc.disable()
     try:
         t0 = time.perf_counter_ns()
-        kids0 = server.children_cpu_seconds()
-        server0, self0 = procstat.cpu_seconds(server.pid), procstat.self_cpu_seconds()
+        cpu0, self0 = server.cpu_readings(), procstat.self_cpu_seconds()
         await sleep_until(end_ns)
         t1 = time.perf_counter_ns()
-        server1, self1 = procstat.cpu_seconds(server.pid), procstat.self_cpu_seconds()
-        kids1 = server.children_cpu_seconds()
+        cpu1, self1 = server.cpu_readings(), procstat.self_cpu_seconds()
     finally:
         gc.enable()
-    kids = kids1 - kids0
-    return Usage((t1 - t0) / 1e9, server1 - server0 + kids, self1 - self0, kids)
+    counts1 = await counters() if counters is not None else {}
+    cpu = {key: cpu1[key] - cpu0[key] for key in cpu0}
+    own, kids = cpu.pop("own"), cpu.pop("children")
+    return Usage(
+        (t1 - t0) / 1e9,
+        own + kids,
+        self1 - self0,
+        kids,
+        cpu,
+        {key: counts1[key] - counts0.get(key, 0.0) for key in counts1},
+    )
 
 
 async def measure_during(
-    server: RunningServer,
+    server: Measured,
     start_ns: int,
     end_ns: int,
     work: Sequence[Coroutine[Any, Any, T]],
+    counters: Counters | None = None,
 ) -> tuple[Usage, list[T]]:
     """Run ``work`` (the load) while measuring the window; all results."""
     async with asyncio.TaskGroup() as group:
-        window = group.create_task(measure_window(server, start_ns, end_ns))
+        window = group.create_task(measure_window(server, start_ns, end_ns, counters))
         tasks = [group.create_task(w) for w in work]
     return window.result(), [t.result() for t in tasks]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -30,8 +31,11 @@ def cpu_seconds(pid: int) -> float:
 def children_cpu_seconds(pid: int) -> float:
     """CPU time of ``pid``'s descendants: those running (ysyncd's worker
     process), and those that exited and were waited for (cutime, cstime)."""
-    fields = _stat(pid)
-    total = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
+    return tree_cpu_seconds([pid])[0][1]
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's child processes, by parent pid."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -40,15 +44,30 @@ def children_cpu_seconds(pid: int) -> float:
             except (OSError, ValueError, IndexError):
                 continue  # exited meanwhile
             parents.setdefault(ppid, []).append(int(entry))
-    todo = list(parents.get(pid, ()))
-    while todo:
-        child = todo.pop()
-        try:
-            total += cpu_seconds(child)
-        except OSError:
-            continue
-        todo += parents.get(child, ())
-    return total
+    return parents
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> list[tuple[float, float]]:
+    """(own, descendants') CPU time of each of ``pids``, from one scan of /proc.
+
+    Descendants are counted as in :func:`children_cpu_seconds`.
+    """
+    parents = _children()
+    readings: list[tuple[float, float]] = []
+    for pid in pids:
+        fields = _stat(pid)
+        own = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        total = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
+        todo = list(parents.get(pid, ()))
+        while todo:
+            child = todo.pop()
+            try:
+                total += cpu_seconds(child)
+            except OSError:
+                continue
+            todo += parents.get(child, ())
+        readings.append((own, total))
+    return readings
 
 
 def rss_bytes(pid: int) -> int:

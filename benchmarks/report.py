@@ -3,6 +3,12 @@
 Each value in the table is the median over the rounds whose run converged. A
 latency metric has a p50 and a p99 row, each the median over rounds of that
 round's percentile. The ratio column is ysyncd's median over node's.
+
+The cluster cases have a table of their own: their columns are the servers of
+their reference case (the same load in fanout or throughput), then their own
+configurations, and the ratio is two nodes' median over one's. A closing note
+gives the overhead per update and the cost model
+(:func:`benchmarks.scenarios.cluster.closing_note`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from typing import Any
 
 from benchmarks.runner import RunRecord
 from benchmarks.scenarios import Case, Metric
+from benchmarks.scenarios.cluster import (
+    ClusterFanoutCase,
+    ClusterThroughputCase,
+    closing_note,
+)
 from benchmarks.scenarios.idle import IdleCase
 from benchmarks.stats import median
 
@@ -65,6 +76,14 @@ NOTES = """\
   where each user edits their own paragraph.
 - Other work on the machine skews everything: compare the load averages at
   the start (machine table) and the end (results.json settings).
+- Cluster: `ysyncd-pg` is one ysyncd node on PostgreSQL (no backplane),
+  `ysyncd-pg-2` two nodes on it sharing rooms through Redis; both are the
+  run's own, on free loopback ports, with a fresh database per run and
+  fsync on. Server CPU is every node's (child processes included);
+  PostgreSQL's (its process tree) and Redis's are reported apart, per update
+  (µs per update = ms per 1,000 updates). Commits and backplane messages are
+  the nodes' `/metrics` counters over the window. The `ysyncd` and `node`
+  columns are the fanout and throughput runs of the same load.
 - Idle CPU: the Node server pings each connection every 30 s, ysyncd every
   20 s and it also ticks every room once a second. A window of a few seconds
   falls between ping rounds; the 30 s window of the 10,000-room case holds
@@ -83,14 +102,16 @@ class Row:
 @dataclass(slots=True)
 class CaseSummary:
     case: Case
+    #: The table's server columns.
+    columns: list[str]
     rows: list[Row]
     #: server -> (converged runs, runs)
     converged: dict[str, tuple[int, int]]
     failures: list[str] = field(default_factory=list)
 
 
-def _ratio(medians: dict[str, float | None]) -> float | None:
-    ours, theirs = medians.get("ysyncd"), medians.get("node")
+def _ratio(medians: dict[str, float | None], pair: tuple[str, str]) -> float | None:
+    ours, theirs = medians.get(pair[0]), medians.get(pair[1])
     if ours is None or theirs is None or theirs == 0:
         return None
     return ours / theirs
@@ -101,13 +122,22 @@ def summarize(
 ) -> list[CaseSummary]:
     summaries: list[CaseSummary] = []
     for case in cases:
-        runs = [r for r in records if r.case is case]
+        own = [r for r in records if r.case is case]
+        reference = case.reference
+        if reference is None:
+            runs, columns = own, list(servers)
+        elif not own:
+            continue  # nothing of its own ran (--servers node)
+        else:
+            refs = [r for r in records if r.case == reference]
+            runs = refs + own
+            columns = [*servers, *dict.fromkeys(r.server for r in own)]
         converged = {
             s: (
                 sum(1 for r in runs if r.server == s and r.ok),
                 sum(1 for r in runs if r.server == s),
             )
-            for s in servers
+            for s in columns
         }
         rows: list[Row] = []
         for metric in case.metrics:
@@ -118,12 +148,13 @@ def summarize(
                     if r.server == s and r.ok and r.outcome is not None
                     if metric.key in r.outcome.values
                 ]
-                for s in servers
+                for s in columns
             }
             medians = {s: median(v) if v else None for s, v in per_round.items()}
-            rows.append(Row(metric, per_round, medians, _ratio(medians)))
-        failures = [_failure(r) for r in runs if not r.ok]
-        summaries.append(CaseSummary(case, rows, converged, failures))
+            ratio = _ratio(medians, case.ratio)
+            rows.append(Row(metric, per_round, medians, ratio))
+        failures = [_failure(r) for r in own if not r.ok]
+        summaries.append(CaseSummary(case, columns, rows, converged, failures))
     return summaries
 
 
@@ -148,11 +179,14 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _table(summaries: Sequence[CaseSummary], servers: Sequence[str]) -> list[str]:
-    with_ratio = "ysyncd" in servers and "node" in servers
+def _table(summaries: Sequence[CaseSummary]) -> list[str]:
+    """One table; its summaries share their columns and ratio."""
+    servers = summaries[0].columns
+    pair = summaries[0].case.ratio
+    with_ratio = pair[0] in servers and pair[1] in servers
     head = ["scenario", "case", "metric", "unit", *servers]
     if with_ratio:
-        head.append("ysyncd/node")
+        head.append(f"{pair[0]}/{pair[1]}")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for summary in summaries:
         case = summary.case
@@ -215,12 +249,22 @@ def _alerts(
     return lines
 
 
+def _cluster_medians(
+    summaries: Sequence[CaseSummary],
+) -> tuple[dict[str, dict[str, float | None]] | None, ...]:
+    """The medians of the many-room and the throughput cluster cases."""
+    found: dict[type, dict[str, dict[str, float | None]]] = {}
+    for summary in summaries:
+        medians = {row.metric.key: row.medians for row in summary.rows}
+        found.setdefault(type(summary.case), medians)
+    return found.get(ClusterFanoutCase), found.get(ClusterThroughputCase)
+
+
 def render_markdown(
     facts: dict[str, object],
     settings: dict[str, object],
     summaries: Sequence[CaseSummary],
     records: Sequence[RunRecord],
-    servers: Sequence[str],
 ) -> str:
     out = ["# ysyncd benchmark results", ""]
     out.append(f"`{settings['command']}`, {facts['date']}")
@@ -232,10 +276,18 @@ def render_markdown(
     out += ["", "## Machine", "", "| fact | value |", "| --- | --- |"]
     out += [f"| {key} | {value} |" for key, value in facts.items()]
     out += ["", "## Results", ""]
-    out += _table(summaries, servers)
+    main = [s for s in summaries if s.case.reference is None]
+    cluster = [s for s in summaries if s.case.reference is not None]
+    if main:
+        out += _table(main)
     targets = _targets(summaries)
     if targets:
         out += ["", *targets]
+    if cluster:
+        out += ["", "## Cluster: 2 ysyncd nodes against 1", "", *_table(cluster)]
+        note = closing_note(*_cluster_medians(cluster))
+        if note:
+            out += ["", *note]
     alerts = _alerts(summaries, records)
     if alerts:
         out += ["", "## Server warnings and errors", "", *alerts]
@@ -278,13 +330,14 @@ def write_reports(
     settings: dict[str, object],
     summaries: Sequence[CaseSummary],
     records: Sequence[RunRecord],
-    servers: Sequence[str],
 ) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = [
         {
             "scenario": s.case.scenario,
             "case": s.case.name,
+            "columns": s.columns,
+            "ratio_of": list(s.case.ratio),
             "converged": {k: list(v) for k, v in s.converged.items()},
             "failures": s.failures,
             "metrics": [
@@ -295,7 +348,7 @@ def write_reports(
                     "higher_is_better": row.metric.higher_is_better,
                     "rounds": row.rounds,
                     "median": row.medians,
-                    "ratio_ysyncd_node": row.ratio,
+                    "ratio": row.ratio,
                 }
                 for row in s.rows
             ],
@@ -311,5 +364,5 @@ def write_reports(
     json_path = out_dir / "results.json"
     md_path = out_dir / "results.md"
     json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    md_path.write_text(render_markdown(facts, settings, summaries, records, servers))
+    md_path.write_text(render_markdown(facts, settings, summaries, records))
     return json_path, md_path

@@ -67,8 +67,9 @@ async def run_all(
     records: list[RunRecord] = []
     for number, case in enumerate(cases, 1):
         case_rounds = case.rounds or rounds
+        case_specs = case.servers(specs)
         for round_index in range(case_rounds):
-            for position, spec in enumerate(_order(specs, round_index)):
+            for position, spec in enumerate(_order(case_specs, round_index)):
                 ctx.log(
                     f"[{number}/{len(cases)}] {case.scenario}: {case.name}"
                     f" | {spec.name} round {round_index + 1}/{case_rounds}"

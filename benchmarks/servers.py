@@ -24,7 +24,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from benchmarks import procstat
@@ -171,6 +171,11 @@ class RunningServer:
         """The CPU time of the server's child processes (ysyncd's worker)."""
         return procstat.children_cpu_seconds(self.pid)
 
+    def cpu_readings(self) -> dict[str, float]:
+        """Its own CPU time and its child processes' (see ``measure.Measured``)."""
+        [(own, children)] = procstat.tree_cpu_seconds([self.pid])
+        return {"own": own, "children": children}
+
     def rss_bytes(self) -> int:
         return procstat.rss_bytes(self.pid)
 
@@ -210,7 +215,9 @@ class ServerSpec(ABC):
         self.alert_count = 0
 
     @abstractmethod
-    def _command(self, data_dir: Path) -> tuple[list[str], dict[str, str], int]:
+    def _command(
+        self, data_dir: Path, args: Sequence[str]
+    ) -> tuple[list[str], dict[str, str], int]:
         """argv, environment, and the port (0 when the server picks and prints it)."""
 
     @abstractmethod
@@ -218,9 +225,15 @@ class ServerSpec(ABC):
         """The line that says it listens, and the stream it comes on."""
 
     @contextlib.asynccontextmanager
-    async def start(self, data_dir: Path) -> AsyncIterator[RunningServer]:
-        """Run the server until the block exits; ``data_dir`` holds its files."""
-        argv, env, port = self._command(data_dir)
+    async def start(
+        self, data_dir: Path, args: Sequence[str] = ()
+    ) -> AsyncIterator[RunningServer]:
+        """Run the server until the block exits; ``data_dir`` holds its files.
+
+        ``args``: ysyncd's storage options (``--db``, ``--backplane``), in
+        place of the SQLite file in ``data_dir``.
+        """
+        argv, env, port = self._command(data_dir, args)
         pattern, stream = self._ready_pattern()
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -269,10 +282,12 @@ class YsyncdSpec(ServerSpec):
     name = "ysyncd"
     durable = True
 
-    def _command(self, data_dir: Path) -> tuple[list[str], dict[str, str], int]:
+    def _command(
+        self, data_dir: Path, args: Sequence[str]
+    ) -> tuple[list[str], dict[str, str], int]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("YSYNCD_")}
         argv = [sys.executable, "-m", "ysyncd", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", "0", "--db", str(data_dir / "ysyncd.db")]
+        argv += ["--port", "0", *(args or ["--db", str(data_dir / "ysyncd.db")])]
         return argv, env, 0
 
     def _ready_pattern(self) -> tuple[re.Pattern[str], str]:
@@ -283,7 +298,11 @@ class NodeSpec(ServerSpec):
     name = "node"
     durable = False
 
-    def _command(self, data_dir: Path) -> tuple[list[str], dict[str, str], int]:
+    def _command(
+        self, data_dir: Path, args: Sequence[str]
+    ) -> tuple[list[str], dict[str, str], int]:
+        if args:
+            raise ValueError("the Node server takes no storage options")
         node = shutil.which("node")
         if node is None:
             raise SetupError("node not found on PATH")

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from tests import services, subprocs
+from tests import dbservers, services, subprocs
 from tests.services import PostgresServer, RedisServer, Service, ServiceError
 from tests.timing import scaled
 
@@ -209,8 +209,8 @@ def test_missing_binaries_skip_except_on_ci(
     message: str,
 ) -> None:
     monkeypatch.setenv("CI", ci)
-    monkeypatch.setattr(services, "postgres_bindir", lambda: None)
+    monkeypatch.setattr(dbservers, "postgres_bindir", lambda: None)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(services, "REDIS_SERVER", "/nonexistent/redis-server")
+    monkeypatch.setattr(dbservers, "REDIS_SERVER", "/nonexistent/redis-server")
     with pytest.raises(outcome, match=message):
         services.server_or_skip(factory)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from benchmarks.scenarios.awareness import AwarenessCase, CompactingAwarenessCase
 from benchmarks.scenarios.base import Case, Metric, Outcome, RunContext
+from benchmarks.scenarios.cluster import ClusterFanoutCase, ClusterThroughputCase
 from benchmarks.scenarios.coldjoin import ColdJoinCase
 from benchmarks.scenarios.fanout import FanoutCase
 from benchmarks.scenarios.idle import IdleCase
@@ -13,7 +14,7 @@ from benchmarks.scenarios.throughput import ThroughputCase
 
 __all__ = ["SCENARIOS", "Case", "Metric", "Outcome", "RunContext", "build_cases"]
 
-SCENARIOS = ("fanout", "throughput", "idle", "coldjoin", "awareness")
+SCENARIOS = ("fanout", "throughput", "idle", "coldjoin", "awareness", "cluster")
 
 
 def _fanout(quick: bool) -> list[Case]:
@@ -63,15 +64,47 @@ def _awareness(quick: bool) -> list[Case]:
     return [AwarenessCase(20, 10.0, warmup, window), busy]
 
 
+def _cluster(quick: bool) -> list[Case]:
+    # The loads of fanout's many-room case and of throughput, with the same
+    # sizes, so that those cases' runs are this table's SQLite and Node
+    # columns. The throughput window is shorter than throughput's own (5 s, not
+    # 10), to keep the cluster's 12 runs within 3 minutes.
+    if quick:
+        return [
+            ClusterFanoutCase(100, 2, 2.0, 0.5, 2.0),
+            ClusterThroughputCase(
+                2, 2, 64, 0.5, 2.0, plan_size=60_000, reference_window_s=2.0
+            ),
+        ]
+    return [
+        ClusterFanoutCase(100, 2, 2.0, 2.0, 10.0),
+        ClusterThroughputCase(
+            2, 2, 64, 2.0, 5.0, plan_size=300_000, reference_window_s=10.0
+        ),
+    ]
+
+
 _BUILDERS = {
     "fanout": _fanout,
     "throughput": _throughput,
     "idle": _idle,
     "coldjoin": _coldjoin,
     "awareness": _awareness,
+    "cluster": _cluster,
 }
 
 
 def build_cases(names: Sequence[str], *, quick: bool) -> list[Case]:
-    """The cases of the named scenarios, in the order given."""
-    return [case for name in names for case in _BUILDERS[name](quick)]
+    """The cases of the named scenarios, in the order given.
+
+    A case's ``reference`` (the same load in another scenario) runs too: when
+    its scenario is not among ``names``, it is added just before the case.
+    """
+    selected = [case for name in names for case in _BUILDERS[name](quick)]
+    cases: list[Case] = []
+    for case in selected:
+        reference = case.reference
+        if reference is not None and reference not in [*selected, *cases]:
+            cases.append(reference)
+        cases.append(case)
+    return cases

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from benchmarks.cluster import Deployment, deploy
 from benchmarks.measure import Latencies, Usage
 from benchmarks.servers import ServerSpec
+from benchmarks.services import Services
 from benchmarks.stats import percentile
 
 __all__ = [
@@ -21,6 +24,8 @@ __all__ = [
     "RunContext",
     "latency_metrics",
     "latency_values",
+    "part_metrics",
+    "part_values",
     "usage_metrics",
     "usage_values",
 ]
@@ -60,9 +65,17 @@ class RunContext:
 
     workdir: Path
     log: Callable[[str], None]
+    #: The run's PostgreSQL and Redis, started when a cluster case needs them.
+    services: Services
 
     def fresh_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=self.workdir))
+
+    @contextlib.asynccontextmanager
+    async def deploy(self, spec: ServerSpec) -> AsyncIterator[Deployment]:
+        """Run ``spec``, one server or a cluster, until the block exits."""
+        async with deploy(spec, self.services, self.fresh_dir) as deployment:
+            yield deployment
 
     def kept_dir(self, name: str) -> Path:
         """A directory that outlives one run (a prepared database)."""
@@ -80,9 +93,22 @@ class Case(ABC):
     rounds: int | None = None
     timeout_s: float = 300.0
 
+    #: The two columns whose ratio the table shows, when both ran.
+    ratio: ClassVar[tuple[str, str]] = ("ysyncd", "node")
+
     @property
     @abstractmethod
     def name(self) -> str: ...
+
+    def servers(self, chosen: Sequence[ServerSpec]) -> list[ServerSpec]:
+        """What this case runs against, given the servers of ``--servers``."""
+        return list(chosen)
+
+    @property
+    def reference(self) -> Case | None:
+        """Another case, with the same load, whose runs fill this case's
+        table too (its columns come first)."""
+        return None
 
     @abstractmethod
     async def run(self, spec: ServerSpec, ctx: RunContext) -> Outcome: ...
@@ -140,3 +166,53 @@ def usage_values(usage: Usage, deliveries: int, outcome: Outcome) -> None:
         server_children_cpu_s=usage.children_cpu_s,
         loadgen_cpu_s=usage.loadgen_cpu_s,
     )
+
+
+#: The parts of a cluster whose CPU is reported apart (see benchmarks.cluster).
+PARTS = {
+    "postgres": "PostgreSQL",
+    "redis": "Redis",
+    "node1": "node 1",
+    "node2": "node 2",
+}
+
+
+def part_metrics(parts: Sequence[str]) -> tuple[Metric, ...]:
+    """Server CPU per update, and that of each of ``parts`` (see :data:`PARTS`)."""
+    return (
+        Metric("cpu_us_per_update", "server CPU per update (all nodes)", "µs"),
+        *(
+            Metric(f"{p}_us_per_update", f"{PARTS[p]} CPU per update", "µs")
+            for p in parts
+        ),
+        Metric("updates_per_commit", "updates per commit", "", True),
+    )
+
+
+def part_values(usage: Usage, updates: int, outcome: Outcome) -> None:
+    """Server CPU per update and that of each part reported apart, and the
+    counters read at the window's ends (into ``info``)."""
+    if not updates:
+        return
+    outcome.values["cpu_us_per_update"] = 1e6 * usage.server_cpu_s / updates
+    for part, cpu_s in usage.parts_cpu_s.items():
+        outcome.values[f"{part}_us_per_update"] = 1e6 * cpu_s / updates
+        outcome.info[f"{part}_cpu_s"] = cpu_s
+    commits = usage.counts.get("commits", 0.0)
+    if commits:
+        committed = usage.counts.get("updates_committed", 0.0)
+        outcome.values["updates_per_commit"] = committed / commits
+    outcome.info.update({f"count_{k}": v for k, v in usage.counts.items()})
+    outcome.info["updates_in_window"] = updates
+    # A cluster's costs per commit and per backplane message (published, and
+    # each delivery to a subscribed node).
+    if commits and "postgres" in usage.parts_cpu_s:
+        cpu_s = usage.parts_cpu_s["postgres"]
+        outcome.values["postgres_us_per_commit"] = 1e6 * cpu_s / commits
+    messages = usage.counts.get("backplane_published", 0.0)
+    messages += usage.counts.get("backplane_received", 0.0)
+    if messages:
+        outcome.values["redis_messages_per_update"] = messages / updates
+        if "redis" in usage.parts_cpu_s:
+            cpu_s = usage.parts_cpu_s["redis"]
+            outcome.values["redis_us_per_message"] = 1e6 * cpu_s / messages

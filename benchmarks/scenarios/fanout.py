@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from benchmarks.cluster import Deployment
 from benchmarks.convergence import check_room
 from benchmarks.loadgen import Client, abort_all, connect_many, wait_until
 from benchmarks.measure import Latencies, latencies, measure_during, sleep_until
@@ -41,10 +42,11 @@ from benchmarks.scenarios.base import (
     RunContext,
     latency_metrics,
     latency_values,
+    part_values,
     usage_metrics,
     usage_values,
 )
-from benchmarks.servers import RunningServer, ServerSpec
+from benchmarks.servers import ServerSpec
 from ysyncd.protocol import Update
 
 __all__ = ["FanoutCase", "update_arrivals", "window_sends"]
@@ -117,9 +119,11 @@ class FanoutCase(Case):
         plans = [text_updates(cid, sends_each) for cid in ids]
         rooms = [f"fanout-{r}" for r in range(self.rooms)]
         targets = [(rooms[i // self.clients], ids[i]) for i in range(total)]
-        async with spec.start(ctx.fresh_dir(spec.name)) as server:
+        async with ctx.deploy(spec) as server:
+            # A room's k-th client on node k (of a cluster; round robin).
+            urls = [server.url_for(i % self.clients) for i in range(total)]
             clients, _ = await connect_many(
-                server.url, targets, concurrency=CONNECT_CONCURRENCY
+                urls, targets, concurrency=CONNECT_CONCURRENCY
             )
             try:
                 return await self._measure(server, clients, plans, rooms, rng)
@@ -128,7 +132,7 @@ class FanoutCase(Case):
 
     async def _measure(
         self,
-        server: RunningServer,
+        server: Deployment,
         clients: list[Client],
         plans: list[list[Framed]],
         rooms: list[str],
@@ -142,7 +146,7 @@ class FanoutCase(Case):
             _send_periodically(c, plan, start + rng.randrange(period_ns), period_ns, w1)
             for c, plan in zip(clients, plans, strict=True)
         ]
-        usage, _ = await measure_during(server, w0, w1, senders)
+        usage, _ = await measure_during(server, w0, w1, senders, server.counters)
         outcome = Outcome()
         outcome.values["rss_mib"] = server.rss_bytes() / 2**20
 
@@ -169,12 +173,11 @@ class FanoutCase(Case):
                 " after sending stopped"
             )
         lat = Latencies([], [])
+        updates = 0
         for group in groups:
-            lat.extend(
-                latencies(
-                    window_sends(group, w0, w1), [update_arrivals(c) for c in group]
-                )
-            )
+            sends = window_sends(group, w0, w1)
+            updates += len(sends)
+            lat.extend(latencies(sends, [update_arrivals(c) for c in group]))
         deliveries = sum(
             1
             for c in clients
@@ -183,6 +186,7 @@ class FanoutCase(Case):
         )
         latency_values("latency", lat, outcome)
         usage_values(usage, deliveries, outcome)
+        part_values(usage, updates, outcome)
         outcome.info["updates_sent"] = sum(expected)
         for room, group in zip(rooms, groups, strict=True):
             outcome.problems += await check_room(server.url, room, group)

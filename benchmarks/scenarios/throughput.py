@@ -9,6 +9,10 @@ receivers get everything too. Measured over a fixed window after a warm-up:
 * server CPU per update (µs), server and load generator CPU;
 * echo latency: from a send until the sender got it back.
 
+On a cluster the senders are on node 1 and the receivers on node 2: node 1
+takes every update, node 2 relays them (relayed updates per second: what a
+receiver got in the window).
+
 The load generator is often the limit here, not the server: when its CPU is near
 100 % of a core the result says more about the client than about the server.
 """
@@ -20,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from benchmarks.cluster import Deployment
 from benchmarks.convergence import check_room
 from benchmarks.loadgen import Client, abort_all, connect_many, wait_until
 from benchmarks.measure import measure_during
@@ -30,9 +35,10 @@ from benchmarks.scenarios.base import (
     Metric,
     Outcome,
     RunContext,
+    part_values,
 )
 from benchmarks.scenarios.fanout import update_arrivals, window_sends
-from benchmarks.servers import RunningServer, ServerSpec
+from benchmarks.servers import ServerSpec
 from benchmarks.stats import percentile
 
 __all__ = ["ThroughputCase"]
@@ -85,16 +91,16 @@ class ThroughputCase(Case):
         rng = random.Random("throughput")
         ids = unique_client_ids(rng, self.senders + self.receivers)
         plans = [history(cid, self.plan_size).updates for cid in ids[: self.senders]]
-        async with spec.start(ctx.fresh_dir(spec.name)) as server:
+        async with ctx.deploy(spec) as server:
             senders, _ = await connect_many(
-                server.url,
+                server.url_for(0),
                 [(ROOM, cid) for cid in ids[: self.senders]],
                 concurrency=self.senders,
                 track_echo=True,
             )
             try:
                 receivers, _ = await connect_many(
-                    server.url,
+                    server.url_for(1),
                     [(ROOM, cid) for cid in ids[self.senders :]],
                     concurrency=self.receivers,
                 )
@@ -108,7 +114,7 @@ class ThroughputCase(Case):
 
     async def _measure(
         self,
-        server: RunningServer,
+        server: Deployment,
         senders: list[Client],
         receivers: list[Client],
         plans: list[list[Framed]],
@@ -120,7 +126,7 @@ class ThroughputCase(Case):
             _pump(c, plan, self.window, w1)
             for c, plan in zip(senders, plans, strict=True)
         ]
-        usage, kept_up = await measure_during(server, w0, w1, pumps)
+        usage, kept_up = await measure_during(server, w0, w1, pumps, server.counters)
         outcome = Outcome()
         outcome.values["rss_mib"] = server.rss_bytes() / 2**20
         if not all(kept_up):
@@ -149,8 +155,10 @@ class ThroughputCase(Case):
                 if sent is not None and sent[1] == index:
                     echo_ms.append((t - sent[0]) / 1e6)
         outcome.values["updates_per_s"] = echoed / usage.wall_s
-        if echoed:
-            outcome.values["cpu_us_per_update"] = 1e6 * usage.server_cpu_s / echoed
+        relayed = [sum(1 for t, frame in c.frames if w0 <= t < w1) for c in receivers]
+        if relayed:
+            outcome.values["relayed_per_s"] = min(relayed) / usage.wall_s
+        part_values(usage, echoed, outcome)
         if echo_ms:
             outcome.values["echo_p50"] = percentile(echo_ms, 0.50)
             outcome.values["echo_p99"] = percentile(echo_ms, 0.99)
