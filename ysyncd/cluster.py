@@ -343,13 +343,35 @@ class Cluster:
     def _enqueue(self, link: _Link, work: list[bytes] | object) -> None:
         if work is _REPAIR and _REPAIR in link.inbox:
             return  # one repair covers both
+        if isinstance(work, list) and self._apply_at_once(link, work):
+            return
         link.inbox.append(work)
         if not link.draining:
             link.draining = True
             self._tg.start_soon(self._drain, link)
 
-    async def _drain(self, link: _Link) -> None:
+    def _apply_at_once(self, link: _Link, work: list[bytes]) -> bool:
+        """One update for an idle room, nothing waiting before it (the usual
+        case): applied here and now, with no task. False if it must queue."""
+        room = link.room
+        if room is None or room.busy or link.draining or link.inbox or len(work) != 1:
+            return False
         try:
+            pending = room.apply(work[0], remote=True)
+        except Exception:  # as in _drain: this room's trouble only
+            log.exception("room %r: applying a remote update failed", room.key)
+            room.taint()
+            return True
+        self.stats.applied += 1
+        if pending is not None:  # a big one: it finishes in a task, others wait
+            link.draining = True
+            self._tg.start_soon(self._drain, link, pending)
+        return True
+
+    async def _drain(self, link: _Link, first: Awaitable[None] | None = None) -> None:
+        try:
+            if first is not None:
+                await first
             while link.inbox and (room := link.room) is not None:
                 work = link.inbox.popleft()
                 if work is _REPAIR:

@@ -258,10 +258,13 @@ class RedisBackplane:
                 self._outbox[i] for i in range(min(len(self._outbox), _PIPELINE_MAX))
             ]
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for _, channel, data, _ in batch:
-                        pipe.publish(channel, data)
-                    await pipe.execute()
+                if len(batch) == 1:  # most often, between light edits
+                    await self._client.publish(batch[0][1], batch[0][2])
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for _, channel, data, _ in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
             except Exception as exc:  # noqa: BLE001 - any failure: retried
                 if self.publisher_up:
                     log.error("backplane: publishing failed, retrying: %s", exc)
