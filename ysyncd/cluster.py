@@ -205,14 +205,17 @@ class Cluster:
         """The committer's hook: publish what one commit made durable."""
         if self.backplane is None:
             return
+        # One message per room and commit, cut where it would pass
+        # MESSAGE_BYTES (Redis refuses a bulk string over 512 MB).
         by_room: dict[str, list[list[bytes]]] = {}
+        sizes: dict[str, int] = {}
         for room, update in batch:
-            # One message per room and commit, cut where it would pass
-            # MESSAGE_BYTES (Redis refuses a bulk string over 512 MB).
             parts = by_room.setdefault(room, [[]])
-            if parts[-1] and sum(map(len, parts[-1])) + len(update) > MESSAGE_BYTES:
+            if parts[-1] and sizes.get(room, 0) + len(update) > MESSAGE_BYTES:
                 parts.append([])
+                sizes[room] = 0
             parts[-1].append(update)
+            sizes[room] = sizes.get(room, 0) + len(update)
         for room, parts in by_room.items():
             for updates in parts:
                 self.backplane.publish_updates(room, updates)
