@@ -16,13 +16,25 @@ it is given: the server passes one that runs in its worker process.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ysyncd.store.snapshot import Snapshot, build_snapshot
 
-__all__ = ["Build", "Compaction", "StoredRoom", "UpdateStore", "build_here"]
+__all__ = [
+    "Build",
+    "Compaction",
+    "StoredRoom",
+    "UpdateStore",
+    "build_here",
+    "compacted",
+    "kept_rows",
+]
+
+log = logging.getLogger("ysyncd.store")
 
 #: Builds a verified snapshot of a room's updates (see snapshot.py).
 Build = Callable[[Sequence[bytes]], Awaitable[Snapshot]]
@@ -53,6 +65,41 @@ class Compaction:
     rows_after: int
     bytes_before: int
     bytes_after: int
+
+
+def kept_rows(
+    log_rows: Sequence[tuple[int, bytes]], head: int, snap: Snapshot
+) -> set[int]:
+    """Ids of the log rows a compaction must keep beside its snapshot (those
+    not fully in it); ``head`` is 1 when the updates began with a snapshot."""
+    return {log_rows[i - head][0] for i in snap.pending if i >= head}
+
+
+def compacted(
+    room: str,
+    log_rows: Sequence[tuple[int, bytes]],
+    kept: set[int],
+    updates: Sequence[bytes],
+    snapshot: bytes,
+    started: float,
+) -> Compaction:
+    """What a compaction did, logged: ``log_rows`` read, ``kept`` of them."""
+    result = Compaction(
+        rows_before=len(log_rows),
+        rows_after=len(kept),
+        bytes_before=sum(map(len, updates)),
+        bytes_after=len(snapshot) + sum(len(d) for i, d in log_rows if i in kept),
+    )
+    log.info(
+        "compacted room %r: %d rows (%d B) -> snapshot %d B + %d rows in %.1f ms",
+        room,
+        result.rows_before,
+        result.bytes_before,
+        len(snapshot),
+        result.rows_after,
+        (time.perf_counter() - started) * 1000,
+    )
+    return result
 
 
 class UpdateStore(Protocol):

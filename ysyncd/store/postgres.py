@@ -50,7 +50,14 @@ from ysyncd.errors import (
     StoreOpenError,
 )
 from ysyncd.store import redact_url
-from ysyncd.store.base import Build, Compaction, StoredRoom, build_here
+from ysyncd.store.base import (
+    Build,
+    Compaction,
+    StoredRoom,
+    build_here,
+    compacted,
+    kept_rows,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -258,7 +265,7 @@ class PostgresStore:
             updates = [data for _, data in rows]
             head = len(rows) - len(log_rows)
             snap = await build(updates)
-            kept = {log_rows[i - head][0] for i in snap.pending if i >= head}
+            kept = kept_rows(log_rows, head, snap)
             # Exactly the rows read: ids are not commit order across nodes.
             dropped = [row_id for row_id, _ in log_rows if row_id not in kept]
             async with conn.transaction():
@@ -275,23 +282,7 @@ class PostgresStore:
             await conn.execute(
                 "SELECT pg_advisory_unlock(hashtextextended($1, 0))", key
             )
-        result = Compaction(
-            rows_before=len(log_rows),
-            rows_after=len(kept),
-            bytes_before=sum(map(len, updates)),
-            bytes_after=len(snap.update)
-            + sum(len(d) for i, d in log_rows if i in kept),
-        )
-        log.info(
-            "compacted room %r: %d rows (%d B) -> snapshot %d B + %d rows in %.1f ms",
-            room,
-            result.rows_before,
-            result.bytes_before,
-            len(snap.update),
-            result.rows_after,
-            (time.perf_counter() - started) * 1000,
-        )
-        return result
+        return compacted(room, log_rows, kept, updates, snap.update, started)
 
     async def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers now, and

@@ -46,7 +46,14 @@ from ysyncd.errors import (
     StoreInUse,
     StoreOpenError,
 )
-from ysyncd.store.base import Build, Compaction, StoredRoom, build_here
+from ysyncd.store.base import (
+    Build,
+    Compaction,
+    StoredRoom,
+    build_here,
+    compacted,
+    kept_rows,
+)
 
 __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -225,31 +232,12 @@ class SQLiteStore:
         head = len(rows) - len(log_rows)
         # CPU-bound: the server's build runs it in its worker process.
         snap = await build(updates)
-        kept = {log_rows[i - head][0] for i in snap.pending if i >= head}
-        last_id = log_rows[-1][0]
+        kept = kept_rows(log_rows, head, snap)
         async with self._write_lock:
             await self._replace(room, snap.update, log_rows, kept)
         # executescript steps the pragma to completion; execute() frees one page.
         await self._writer.executescript("PRAGMA incremental_vacuum;")
-        result = Compaction(
-            rows_before=len(log_rows),
-            rows_after=len(kept),
-            bytes_before=sum(map(len, updates)),
-            bytes_after=len(snap.update)
-            + sum(len(d) for i, d in log_rows if i in kept),
-        )
-        log.info(
-            "compacted room %r: %d rows (%d B) -> snapshot %d B + %d rows "
-            "up to id %d in %.1f ms",
-            room,
-            result.rows_before,
-            result.bytes_before,
-            len(snap.update),
-            result.rows_after,
-            last_id,
-            (time.perf_counter() - started) * 1000,
-        )
-        return result
+        return compacted(room, log_rows, kept, updates, snap.update, started)
 
     async def _replace(
         self,
