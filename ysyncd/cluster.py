@@ -132,8 +132,7 @@ class ClusterStats:
     repairs: int = 0
     gaps: int = 0
     applied: int = 0
-    #: Cross-node delay of received updates, milliseconds: count and sum,
-    #: and the largest since the last scrape.
+    #: Cross-node delay of received updates, milliseconds: count and sum.
     delay_count: int = 0
     delay_sum_ms: float = 0.0
     dead_nodes: int = 0

@@ -107,9 +107,8 @@ class RedisBackplane:
         # and at the answer repair every room.
         self._resync = False
         self._own_beat_at = time.monotonic()
-        # Sent once the subscriber connected again; its answer says that
-        # every subscription is active again.
-        self._ping_token: bytes | None = None
+        # The PING sent after (re)subscribing; its answer says that every
+        # subscription is active.
         self._pending_pong: bytes | None = None
         self._rooms: set[str] = set()
         self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
