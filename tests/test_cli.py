@@ -100,3 +100,12 @@ def test_only_failures_to_start_are_one_liners(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert isinstance(result.exception, OSError)
+
+
+def test_db_names_a_url_or_a_path_as_given() -> None:
+    """``memory://`` and ``postgresql://`` reach the store as written (a path
+    type once read ``memory://`` as the file ``memory:``)."""
+    for db in ("memory://", "postgresql://ysyncd@db:5432/y", "data/y.db"):
+        result = CliRunner().invoke(capture, ["--db", db], env={})
+        assert result.exit_code == 0, result.output
+        assert f"db={db!r}" in result.output
