@@ -49,6 +49,7 @@ __all__ = [
     "apply_in_slices",
     "apply_pieces",
     "apply_update",
+    "integrating",
     "is_panic",
 ]
 
@@ -94,6 +95,19 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
+#: The doc an update is being integrated into right now (see :func:`integrating`).
+_integrating: Doc[Any] | None = None
+
+
+def integrating(doc: Doc[Any]) -> bool:
+    """Whether the transaction under way in ``doc`` integrates an update.
+
+    A doc observer asks it to tell updates applied from outside (a peer's,
+    a stored one) from edits made on the doc itself (a model's observers).
+    """
+    return _integrating is doc
+
+
 def _integrate(doc: Doc[Any], update: bytes, observe: bool) -> tuple[bool, bytes]:
     """Apply ``update`` in one transaction; return (changed, state before).
 
@@ -106,8 +120,10 @@ def _integrate(doc: Doc[Any], update: bytes, observe: bool) -> tuple[bool, bytes
         InvalidUpdate: pycrdt refused the update whole; the doc is untouched.
         HalfApplied: pycrdt failed or panicked during integration.
     """
+    global _integrating
     fired: list[object] = []
     subscription = doc.observe(fired.append) if observe else None
+    _integrating = doc
     try:
         with doc.transaction() as txn:
             raw = txn._txn
@@ -124,6 +140,7 @@ def _integrate(doc: Doc[Any], update: bytes, observe: bool) -> tuple[bool, bytes
             raise
         raise HalfApplied(f"pycrdt panicked: {exc}") from None
     finally:
+        _integrating = None
         if subscription is not None:
             doc.unobserve(subscription)
     return (bool(fired) if observe else after != before), before

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from pycrdt import Doc
+from pycrdt import Doc, Subscription, TransactionEvent
 
 from ysyncd.awareness import AwarenessStates, encode_entries
 from ysyncd.commits import Committer
@@ -47,6 +47,7 @@ from ysyncd.integrate import (
     UpdateTooCostly,
     apply_in_slices,
     apply_update,
+    integrating,
     is_panic,
 )
 from ysyncd.presence import AwarenessPolicy, Presence
@@ -147,6 +148,7 @@ class Room:
         "_committer",
         "_deferred",
         "_durable",
+        "_edits",
         "_fan_out",
         "_held",
         "_on_taint",
@@ -213,6 +215,8 @@ class Room:
         self.publish_awareness: Callable[[bytes], None] | None = None
         # Awareness client IDs that came through each other node.
         self._remote: dict[bytes, set[int]] | None = None
+        # The doc observer recording edits made on the doc (record_edits).
+        self._edits: Subscription | None = None
 
     @property
     def settled(self) -> bool:
@@ -356,13 +360,31 @@ class Room:
     def record(self, update: bytes) -> None:
         """Store and echo an update already applied to :attr:`doc`.
 
-        Server-side edits (a file loaded or changed on disk, a save's state)
-        are made on the doc directly and recorded here, like a peer's update.
+        Edits made on the doc itself (a file loaded or changed on disk, a
+        save's state, a model's observers) come here through
+        :meth:`record_edits`, like a peer's update.
         """
         self._applied += 1
         seq = self._applied
         self._held.append((seq, None, encode_update(update), update))
         self._committer.submit(self.key, update, self, seq)
+
+    def record_edits(self) -> None:
+        """From now on, record every change made on the doc itself.
+
+        A document model (jupyter_ydoc's) edits the doc from its observers,
+        after the update that woke them (YChat stamps each new message's
+        time): such an edit must be stored and sent like a peer's, or the
+        server's copy drifts from the log and every later server edit waits
+        in the clients for one they never get. Updates integrated from
+        outside (:mod:`ysyncd.integrate`) are recorded by their callers.
+        """
+        if self._edits is None:
+            self._edits = self.doc.observe(self._on_transaction)
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        if not integrating(self.doc):
+            self.record(event.update)
 
     def durable(self, seq: int) -> None:
         """Called by the committer: updates up to ``seq`` are on disk."""
@@ -399,6 +421,8 @@ class Room:
         """Swap in a rebuilt doc and let waiting peers go on."""
         self.doc = doc
         self._answers = None
+        if self._edits is not None:  # the old doc goes with its observer
+            self._edits = doc.observe(self._on_transaction)
         if self.document is not None:
             self.document.rebind(doc)
         self._finish_busy()

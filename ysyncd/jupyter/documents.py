@@ -141,7 +141,8 @@ def model_class(file_type: str) -> type[YBaseDoc]:
 def model(file_type: str, doc: Doc[Any]) -> YBaseDoc:
     """A jupyter_ydoc document of ``file_type`` over ``doc`` (the room's).
 
-    Creating it adds no Yjs items. jupyter_ydoc gives every document an
+    Creating it may edit the doc (YChat marks itself dirty): a room records
+    its edits before making its model. jupyter_ydoc gives every document an
     UndoManager that records every transaction in its scope, remote ones
     included; a server never undoes, and the stack would grow for the room's
     whole life, so it is narrowed to an origin nothing uses.
@@ -162,7 +163,7 @@ def deterministic_update(file_type: str, file_content: Any) -> bytes:
     run it.
     """
     doc: Doc[Any] = Doc(client_id=0)
-    _build(file_type, doc, file_content)
+    _disposed(_build(file_type, doc, file_content))
     return canonical_update(doc.get_update())
 
 
@@ -189,8 +190,8 @@ def set_content(document: YBaseDoc, new_content: Any) -> None:
 
     jupyter_ydoc's ``set``: text is diffed, notebook cells are matched by id
     (a cell without an id, as in every nbformat < 4.5 file, is replaced).
-    Nothing happens when the content is already there. The caller captures
-    the update (``doc.get_update(state_before)`` or an observer).
+    Nothing happens when the content is already there. A room records the
+    edit (see :meth:`ysyncd.room.Room.record_edits`).
 
     Raises:
         BadFile: as :func:`content`, for a document of the wrong shape.
@@ -211,11 +212,16 @@ def repair(document: YBaseDoc) -> None:
     ``nbformat_minor`` is not a number gets the current version; a cell that
     still cannot be read (not a map, no ``cell_type``...) is deleted. The
     rest stays as it is. Other types hold one shared text or blob, which
-    cannot go wrong this way. The caller records the change, so every client
+    cannot go wrong this way. A room records the change, so every client
     sees the repair.
     """
     if not isinstance(document, YNotebook):
         return
+    with document.ydoc.transaction():  # one edit to record and send
+        _repair_notebook(document)
+
+
+def _repair_notebook(document: YNotebook) -> None:
     meta = document.ydoc.get("meta", type=Map)
     cells = document.ydoc.get("cells", type=Array)
     _tidy(meta)
@@ -305,7 +311,7 @@ def normalize(file_type: str, file_content: Any) -> Any:
     "does this document hold this file?" compare ``content(document)`` with
     ``normalize(file_type, file)``, not with the file's content.
     """
-    return _build(file_type, Doc(), file_content).get()
+    return _disposed(_build(file_type, Doc(), file_content)).get()
 
 
 def content_digest(value: Any) -> str:
@@ -341,6 +347,13 @@ def _build(file_type: str, doc: Doc[Any], file_content: Any) -> YBaseDoc:
     if isinstance(document, YNotebook) and isinstance(file_content, Mapping):
         file_content = _with_cell_ids(file_content)
     document.set(file_content)
+    return document
+
+
+def _disposed(document: YBaseDoc) -> YBaseDoc:
+    """``document`` without the observers its class set up (YChat's): a doc
+    keeps its observers' owner alive, so a scratch model would never go."""
+    document.unobserve()
     return document
 
 

@@ -29,9 +29,8 @@ JupyterLab users expect their work. :class:`FileBinding` joins the two:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +115,8 @@ class FileBinding:
         self.path = path
         loaded = await self.files.read(t.namespace, path, t.file_format, t.file_type)
         self._room = room
+        # Before the model exists: some models edit the doc as they are made.
+        room.record_edits()
         self._model = documents.model(t.file_type, room.doc)
         unsaved = False
         if self._lease_for is not None:
@@ -137,7 +138,7 @@ class FileBinding:
                 unsaved = True
             else:
                 log.info("%s changed while its room was away; merging", path)
-                self._edit(lambda: documents.set_content(self._model, loaded.content))
+                documents.set_content(self._model, loaded.content)
         self._remember(loaded.state)
         self._set_state(path=path, dirty=unsaved, hash=loaded.state.hash)
         if unsaved:
@@ -158,15 +159,14 @@ class FileBinding:
         the room could never be saved or loaded again. Raises BadFile if the
         repair did not do.
         """
-        # Recorded whole: get() itself renames duplicated cell ids in place,
-        # and later server edits must not depend on an unrecorded change.
-        with self._recording():
-            try:
-                return documents.content(self._model)
-            except BadFile as exc:
-                log.warning("%s: %s; repairing it", self.path, exc)
-            documents.repair(self._model)
+        # (get() itself renames duplicated cell ids in place: the room
+        # records that edit like any other.)
+        try:
             return documents.content(self._model)
+        except BadFile as exc:
+            log.warning("%s: %s; repairing it", self.path, exc)
+        documents.repair(self._model)
+        return documents.content(self._model)
 
     def rebind(self, doc: Doc[Any]) -> None:
         # A rebuild swapped the room's doc: model and observer follow it (the
@@ -422,32 +422,13 @@ class FileBinding:
         self._file = state
         self._base = self._room.doc.get_update()
 
-    def _edit(self, change: Callable[[], None]) -> None:
-        """Make a server-side change to the room's doc and record it."""
-        with self._recording():
-            change()
-
-    @contextlib.contextmanager
-    def _recording(self) -> Iterator[None]:
-        """Record what the block changes in the room's doc, raise or not."""
-        room = self._room
-        assert room is not None
-        before = room.doc.get_state()
-        try:
-            yield
-        finally:
-            update = room.doc.get_update(before)
-            if update != b"\x00\x00":
-                room.record(update)
-
     def _set_state(self, force: tuple[str, ...] = (), **values: Any) -> None:
-        def change() -> None:
-            state = self._model.ystate
+        state = self._model.ystate
+        # One transaction: one recorded edit (see Room.record_edits).
+        with self._model.ydoc.transaction():
             for key, value in values.items():
                 if key in force or state.get(key) != value:
                     state[key] = value
-
-        self._edit(change)
 
     def _mark_gone(self) -> None:
         if not self.gone:
