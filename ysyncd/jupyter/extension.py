@@ -71,13 +71,20 @@ from tornado.websocket import (
     WebSocketClosedError,
     WebSocketHandler,
 )
-from traitlets import Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from ysyncd.auth.recheck import REVOKED
 from ysyncd.config import MiB
-from ysyncd.jupyter import serverfiles
+from ysyncd.jupyter import forks, serverfiles
 from ysyncd.jupyter.access import AccessCheck, credentials_of
+from ysyncd.jupyter.collaboration import (
+    Collaboration,
+    stand_in_for_jupyter_server_ydoc,
+)
 from ysyncd.jupyter.glue import Glue, log_failure
+from ysyncd.jupyter.live import LiveDocuments
+from ysyncd.jupyter.serverfiles import allowed
+from ysyncd.jupyter.sessions import Sessions
 
 __all__ = ["Glue", "RoomHandler", "SessionHandler", "YsyncdExtension"]
 
@@ -105,16 +112,6 @@ def relayable(code: int | None, reason: str | None) -> tuple[int | None, str | N
     return 1011, reason
 
 
-async def _allowed(handler: JupyterHandler, action: str) -> bool:
-    """Whether the Jupyter server's authorizer lets the user ``action`` contents."""
-    allowed = await ensure_async(
-        handler.authorizer.is_authorized(
-            handler, handler.current_user, action, "contents"
-        )
-    )
-    return bool(allowed)
-
-
 class SessionHandler(APIHandler):
     """``PUT api/collaboration/session/{path}``: a file id and the sessionId."""
 
@@ -125,7 +122,7 @@ class SessionHandler(APIHandler):
 
     @web.authenticated
     async def put(self, path: str) -> None:
-        if not await _allowed(self, "read"):
+        if not await allowed(self, "read"):
             raise web.HTTPError(403)
         try:
             body = json.loads(self.request.body)
@@ -169,10 +166,14 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     auth_resource = "contents"
 
-    def initialize(self, glue: Glue, access: AccessCheck, recheck: float) -> None:
+    def initialize(
+        self, glue: Glue, access: AccessCheck, recheck: float, sessions: Sessions
+    ) -> None:
         self.glue = glue
         self.access_check = access
         self.recheck_seconds = recheck
+        self.sessions = sessions
+        self._opened: str | None = None  # the room told to sessions as open
         self.upstream: WebSocketClientConnection | None = None
         self._write = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,7 +187,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     @ws_authenticated
     async def get(self, room: str) -> None:
-        if not await _allowed(self, "read"):
+        if not await allowed(self, "read"):
             raise web.HTTPError(403)
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             await super().get(room)  # tornado's answer to a plain GET
@@ -199,7 +200,7 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         origin = headers.get("Origin") or headers.get("Sec-Websocket-Origin")
         if origin is not None and not self.check_origin(origin):
             raise web.HTTPError(403, reason="Cross origin websockets not allowed")
-        self._write = await _allowed(self, "write")
+        self._write = await allowed(self, "write")
         self.upstream = await self.glue.connect(
             room, self.request.query, self.current_user.username, self._write
         )
@@ -211,6 +212,8 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     async def open(self, room: str) -> None:
         super().open()  # WebSocketMixin: keepalive pings to the browser
+        self._opened = room
+        self.sessions.opened(room, self.current_user.username)
         self._start(self._pipe_downstream())
         if self.recheck_seconds > 0:
             self._start(self._recheck_access())
@@ -278,6 +281,9 @@ class RoomHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self.glue.forget(self.get_query_argument("sessionId", ""))
 
     def _close_upstream(self) -> None:
+        if self._opened is not None:
+            self.sessions.closed(self._opened, self.current_user.username)
+            self._opened = None
         for task in self._tasks:
             task.cancel()
         upstream, self.upstream = self.upstream, None
@@ -326,6 +332,20 @@ class YsyncdExtension(ExtensionApp):
         help="Largest WebSocket message piped either way (ysyncd's "
         "--max-message-bytes).",
     ).tag(config=True)
+    server_side_execution = Bool(
+        False,
+        help="Have JupyterLab run cells through the server's REST API "
+        "(jupyter-server-nbmodel), which writes their outputs into the "
+        "shared notebook; as jupyter-server-ydoc's trait of that name.",
+    ).tag(config=True)
+    document_cleanup_delay = Float(
+        60.0,
+        help="Seconds after a document's last socket here closes before its "
+        "room is told 'clean'; a live document (get_document) stays open at "
+        "least this long after it was last asked for.",
+    ).tag(config=True)
+
+    collaboration: Collaboration | None = None
 
     @default("ysyncd_url")
     def _default_url(self) -> str:
@@ -388,6 +408,12 @@ class YsyncdExtension(ExtensionApp):
             raise ValueError("the ysyncd glue secret must be at least 32 bytes")
         return secret
 
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        super()._link_jupyter_server_extension(serverapp)
+        # Now, before any extension loads: those that look collaboration up
+        # at their load come first by name (see collaboration.py).
+        self.collaboration = stand_in_for_jupyter_server_ydoc(serverapp)
+
     def initialize_settings(self) -> None:
         self.glue = Glue(
             self.ysyncd_url,
@@ -403,11 +429,28 @@ class YsyncdExtension(ExtensionApp):
         events = self.serverapp.event_logger
         assert events is not None  # set before extensions load
         events.add_listener(schema_id=CONTENTS_EVENTS, listener=self._on_contents_event)
+        web_settings = self.serverapp.web_app.settings
+
+        def path_of(file_id: str) -> str | None:
+            ids = web_settings.get("file_id_manager")
+            return None if ids is None else ids.get_path(file_id)
+
+        self.sessions = Sessions(
+            events, path_of, clean_seconds=self.document_cleanup_delay
+        )
+        self.live = LiveDocuments(self.glue, keep_seconds=self.document_cleanup_delay)
+        self.forks = forks.Forks(self.glue, self.live, self.sessions)
+        if self.collaboration is not None:
+            self.collaboration.bind(self.live, self.sessions)
+            self.collaboration.server_side_execution = self.server_side_execution
+            self.settings["jupyter_server_ydoc"] = self.collaboration
 
     async def _on_contents_event(
         self, logger: Any, schema_id: str, data: dict[str, Any]
     ) -> None:
         """A jupyter_events listener (called with these keyword arguments)."""
+        if data.get("action") == "save" and isinstance(data.get("path"), str):
+            self.sessions.saved(data["path"])
         if data.get("action") in _CHANGES:
             # jupyter_server_fileid moves or drops its ids in a listener of
             # its own; let it run before ysyncd asks where a file id went.
@@ -424,6 +467,7 @@ class YsyncdExtension(ExtensionApp):
             )
         page_config = self.serverapp.web_app.settings.setdefault("page_config_data", {})
         page_config.setdefault("disableRTC", False)
+        page_config.setdefault("serverSideExecution", self.server_side_execution)
         serverapp = self.serverapp
         room_options = {
             "glue": self.glue,
@@ -431,6 +475,7 @@ class YsyncdExtension(ExtensionApp):
                 lambda: serverapp.connection_url, timeout=self.timeout
             ),
             "recheck": self.recheck_seconds,
+            "sessions": self.sessions,
         }
         self.handlers.extend(
             [
@@ -440,6 +485,13 @@ class YsyncdExtension(ExtensionApp):
                     SessionHandler,
                     {"glue": self.glue},
                 ),
+                *forks.handlers(self.forks),
                 *serverfiles.handlers(self.glue.accepts),
             ]
         )
+
+    async def stop_extension(self) -> None:
+        """Close the live documents' sockets (the server stops)."""
+        self.forks.close()
+        self.live.close()
+        self.sessions.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 from jupyter_client.jsonutil import json_default
 from jupyter_server.auth.decorator import allow_unauthenticated
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import ensure_async
 from tornado import web
 
@@ -38,6 +38,16 @@ __all__ = ["ContentsEndpoint", "FileIdEndpoint", "handlers", "is_hidden"]
 
 _TYPES = frozenset({"file", "notebook", "directory"})
 _FORMATS = frozenset({"text", "base64"})
+
+
+async def allowed(handler: JupyterHandler, action: str) -> bool:
+    """Whether the Jupyter server's authorizer lets the user ``action`` contents."""
+    verdict = await ensure_async(
+        handler.authorizer.is_authorized(
+            handler, handler.current_user, action, "contents"
+        )
+    )
+    return bool(verdict)
 
 
 async def is_hidden(contents: Any, path: str) -> bool:
