@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -190,7 +191,49 @@ async def test_sqlite_persists_across_reopen_with_same_epoch(tmp_path: Path) -> 
         await second.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+async def test_sqlite_version_1_gains_commit_times(tmp_path: Path) -> None:
+    """A database of schema 1 is migrated: its rows stay, without a time;
+    rows committed afterwards carry theirs (for the history)."""
+    path = tmp_path / "v1.db"
+    every = edits(8)
+    old, new = every[:5], every[5:]
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE rooms (
+                id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, snapshot BLOB
+            );
+            CREATE TABLE updates (
+                id INTEGER PRIMARY KEY,
+                room_id INTEGER NOT NULL REFERENCES rooms(id),
+                data BLOB NOT NULL
+            );
+            CREATE INDEX updates_by_room ON updates(room_id, id);
+            INSERT INTO meta VALUES ('epoch', 'e1');
+            INSERT INTO rooms (id, name) VALUES (1, 'r');
+            PRAGMA user_version = 1;
+            """
+        )
+        db.executemany(
+            "INSERT INTO updates (room_id, data) VALUES (1, ?)", [(u,) for u in old]
+        )
+    store = await SQLiteStore.open(path)
+    try:
+        assert store.epoch == "e1"
+        before = time.time()
+        await store.append([("r", u) for u in new])
+        loaded = await store.load("r")
+        assert content(loaded.updates) == content(old + new)
+        assert loaded.times[:5] == [None] * 5
+        assert all(
+            t is not None and before <= t <= time.time() for t in loaded.times[5:]
+        )
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -5,13 +5,16 @@
 * ``/metrics``: Prometheus counters and gauges;
 * ``/_ysyncd/epoch``: the store's epoch (a Jupyter session id);
 * ``/_ysyncd/changed/{namespace}``: the Jupyter server extension's word that
-  files changed.
+  files changed;
+* ``/_ysyncd/history/{room}``: a room's stored history, for the Jupyter
+  timeline (see :meth:`Routes._history`).
 
 Only requests without an upgrade reach these, so rooms may have any name.
 """
 
 from __future__ import annotations
 
+import base64
 import http
 import json
 
@@ -21,17 +24,19 @@ from websockets.http11 import Request, Response
 from ysyncd.admission import Admitter
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
-from ysyncd.errors import AuthError, Forbidden
+from ysyncd.errors import AuthError, Forbidden, StoreError
 from ysyncd.health import Health
 from ysyncd.jupyter.service import JupyterRooms
 from ysyncd.names import room_from_path
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
 
-__all__ = ["FILES_CHANGED", "Routes"]
+__all__ = ["FILES_CHANGED", "HISTORY", "Routes"]
 
 #: Where the Jupyter server extension says its files changed.
 FILES_CHANGED = "/_ysyncd/changed/"
+#: Where a room's stored history is read.
+HISTORY = "/_ysyncd/history/"
 
 
 class Routes:
@@ -80,6 +85,40 @@ class Routes:
             return self._refuse(conn, located.key, Forbidden("read-only"))
         told = self.jupyter.files_changed(self.registry.rooms.values(), namespace)
         return conn.respond(http.HTTPStatus.OK, json.dumps({"rooms": told}) + "\n")
+
+    async def _history(
+        self, conn: ServerConnection, request: Request, path: str
+    ) -> Response:
+        """``GET /_ysyncd/history/{room}``: what the store holds of a room.
+
+        JSON ``{"updates": [{"time": seconds or null, "update": base64}]}``,
+        in commit order: the snapshot of the last compaction first (no
+        time), then every update committed since, with its time. Replayed
+        in order they give the document as it was after each. Asked with
+        the credentials that would open the room (read access).
+        """
+        located = self.admitter.locate("/" + path[len(HISTORY) :])
+        try:
+            await self.admitter.authorize(request, located.key)
+        except AuthError as exc:
+            return self._refuse(conn, located.key, exc)
+        try:
+            stored = await self.committer.store.load(located.key)
+        except StoreError as exc:
+            self.stats.refused(503, f"history of {located.key!r}: {exc}")
+            return conn.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "store unavailable\n"
+            )
+        times = stored.times or [None] * len(stored.updates)
+        body = {
+            "updates": [
+                {"time": when, "update": base64.b64encode(update).decode()}
+                for when, update in zip(times, stored.updates, strict=True)
+            ]
+        }
+        response = conn.respond(http.HTTPStatus.OK, json.dumps(body))
+        response.headers["Content-Type"] = "application/json"
+        return response
 
     def _plain_http(self, conn: ServerConnection, path: str) -> Response:
         # Only requests without an upgrade reach these, so rooms may have any name.

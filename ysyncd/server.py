@@ -55,7 +55,7 @@ from ysyncd.presence import AwarenessPolicy
 from ysyncd.protocol import coalesce
 from ysyncd.room import Room, RoomFailed
 from ysyncd.rooms import RoomRegistry
-from ysyncd.routes import FILES_CHANGED, Routes
+from ysyncd.routes import FILES_CHANGED, HISTORY, Routes
 from ysyncd.stats import Stats
 from ysyncd.store import is_postgres_url, open_store
 from ysyncd.store.memory import MemoryStore
@@ -171,6 +171,8 @@ class _App(Routes):
             path = request.path.partition("?")[0]
             if path.startswith(FILES_CHANGED):
                 return await self._files_changed(conn, request, path)
+            if path.startswith(HISTORY):
+                return await self._history(conn, request, path)
             return self._plain_http(conn, path)
         located = self.admitter.locate(request.path)
         try:

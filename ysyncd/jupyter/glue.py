@@ -9,6 +9,7 @@ server (:meth:`Glue.accepts`, for serverfiles.py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -53,6 +54,7 @@ class Glue:
         self.max_message_bytes = max_message_bytes
         scheme, _, rest = self.ysyncd_url.partition(":")
         http = "https" if scheme == "wss" else "http"
+        self._http_url = f"{http}:{rest}"
         self.epoch_url = f"{http}:{rest}/_ysyncd/epoch"
         self.changed_url = f"{http}:{rest}/_ysyncd/changed/{namespace}"
         self._epoch: str | None = None
@@ -147,6 +149,33 @@ class Glue:
                 continue
             if response.code != 200:
                 log.warning("GET %s: HTTP %d", self.changed_url, response.code)
+
+    # --- a room's history --------------------------------------------------------
+
+    async def history(self, room: str) -> list[tuple[float | None, bytes]]:
+        """The room's stored updates and their commit times, in order (see
+        ysyncd's ``/_ysyncd/history/``); raises an :class:`HTTPError`."""
+        path = f"{self.namespace}/api/collaboration/room/{quote(room, safe=':@')}"
+        request = HTTPRequest(
+            f"{self._http_url}/_ysyncd/history/{path}",
+            headers={"Authorization": f"Bearer {self.secret}"},
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+            follow_redirects=False,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as exc:
+            log.warning("history of %r: %s", room, exc)
+            raise web.HTTPError(503, reason="ysyncd not reachable") from None
+        if response.code != 200:
+            log.warning("history of %r: HTTP %d", room, response.code)
+            raise web.HTTPError(502, reason="ysyncd gave no history")
+        try:
+            rows = json.loads(response.body)["updates"]
+            return [(row["time"], base64.b64decode(row["update"])) for row in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise web.HTTPError(502, reason="ysyncd's history is unreadable") from exc
 
     # --- the room socket --------------------------------------------------------
 

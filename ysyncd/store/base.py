@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ysyncd.store.snapshot import Snapshot, build_snapshot
@@ -55,6 +55,9 @@ class StoredRoom:
     log_rows: int
     #: Size of the snapshot (0 without one).
     snapshot_bytes: int = 0
+    #: When each of :attr:`updates` was committed (Unix seconds), or None:
+    #: the snapshot's, and rows older than the stores' keeping it.
+    times: list[float | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

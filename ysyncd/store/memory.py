@@ -5,6 +5,7 @@ Nothing survives the process, so it is for tests and throw-away servers only.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ class MemoryStore:
         self._epoch = uuid.uuid4().hex
         self._snapshots: dict[str, bytes] = {}
         self._logs: dict[str, list[bytes]] = {}
+        self._times: dict[str, list[float | None]] = {}
 
     @property
     def epoch(self) -> str:
@@ -29,11 +31,15 @@ class MemoryStore:
         log = list(self._logs.get(room, ()))
         snapshot = self._snapshots.get(room)
         head = [snapshot] if snapshot else []
-        return StoredRoom(head + log, len(log), len(snapshot or b""))
+        times: list[float | None] = [None] * len(head)
+        times += self._times.get(room, [])
+        return StoredRoom(head + log, len(log), len(snapshot or b""), times)
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        now = time.time()
         for room, update in batch:
             self._logs.setdefault(room, []).append(update)
+            self._times.setdefault(room, []).append(now)
 
     async def compact(self, room: str, build: Build = build_here) -> Compaction:
         stored = await self.load(room)
@@ -43,6 +49,7 @@ class MemoryStore:
         kept = [stored.updates[i] for i in snap.pending if i >= offset]
         self._snapshots[room] = snap.update
         self._logs[room] = kept
+        self._times[room] = [stored.times[i] for i in snap.pending if i >= offset]
         return Compaction(
             rows_before=stored.log_rows,
             rows_after=len(kept),
@@ -55,4 +62,5 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         self._logs.clear()
+        self._times.clear()
         self._snapshots.clear()

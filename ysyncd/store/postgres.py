@@ -63,7 +63,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 log = logging.getLogger("ysyncd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = "ysyncd"
 _TABLES = frozenset({"meta", "rooms", "updates"})
 _ROOM_ID_CACHE = 65_536
@@ -76,9 +76,10 @@ _POOL_MIN = 1
 _POOL_MAX = 8
 
 _LOAD = f"""
-SELECT 0::bigint AS id, snapshot AS data FROM {SCHEMA}.rooms WHERE name = $1
+SELECT 0::bigint AS id, snapshot AS data, NULL::float8 AS time
+FROM {SCHEMA}.rooms WHERE name = $1
 UNION ALL
-SELECT u.id, u.data FROM {SCHEMA}.updates AS u
+SELECT u.id, u.data, u.time FROM {SCHEMA}.updates AS u
 JOIN {SCHEMA}.rooms AS r ON r.id = u.room_id
 WHERE r.name = $1
 ORDER BY 1
@@ -86,8 +87,8 @@ ORDER BY 1
 
 # Rows keep the batch's order (ids from the sequence follow ``ord``).
 _APPEND = f"""
-INSERT INTO {SCHEMA}.updates (room_id, data)
-SELECT room_id, data FROM unnest($1::bigint[], $2::bytea[])
+INSERT INTO {SCHEMA}.updates (room_id, data, time)
+SELECT room_id, data, $3::float8 FROM unnest($1::bigint[], $2::bytea[])
     WITH ORDINALITY AS batch(room_id, data, ord)
 ORDER BY ord
 """
@@ -113,6 +114,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         )""",
         f"CREATE INDEX updates_by_room ON {SCHEMA}.updates (room_id, id)",
     ],
+    # When each row was committed (Unix seconds), for the history.
+    2: [f"ALTER TABLE {SCHEMA}.updates ADD COLUMN time DOUBLE PRECISION"],
 }
 
 #: What a lost connection, a server shutting down or a refused connection
@@ -201,17 +204,25 @@ class PostgresStore:
             rows = await self._pool.fetch(_LOAD, room)
         except _DB_ERRORS as exc:
             raise StoreError(f"load of room {room!r} failed: {exc}") from exc
-        updates = [bytes(row["data"]) for row in rows if row["data"] is not None]
+        kept = [row for row in rows if row["data"] is not None]
+        updates = [bytes(row["data"]) for row in kept]
         log_rows = sum(1 for row in rows if row["id"] != 0)
         head = len(updates) - log_rows
-        return StoredRoom(updates, log_rows, len(updates[0]) if head else 0)
+        return StoredRoom(
+            updates,
+            log_rows,
+            len(updates[0]) if head else 0,
+            [row["time"] for row in kept],
+        )
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         try:
             async with self._write_lock:
                 writer = await self._writer_connection()
                 room_ids = [await self._room_id(writer, room) for room, _ in batch]
-                await writer.execute(_APPEND, room_ids, [u for _, u in batch])
+                await writer.execute(
+                    _APPEND, room_ids, [u for _, u in batch], time.time()
+                )
         except _DB_ERRORS as exc:
             raise StoreError(f"append failed: {exc}") from exc
 

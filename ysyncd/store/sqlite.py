@@ -4,9 +4,11 @@ Layout (schema version in ``PRAGMA user_version``)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)         -- 'epoch'
     rooms(id INTEGER PRIMARY KEY, name TEXT UNIQUE, snapshot BLOB)
-    updates(id INTEGER PRIMARY KEY, room_id INTEGER, data BLOB)
+    updates(id INTEGER PRIMARY KEY, room_id INTEGER, data BLOB, time REAL)
 
-``updates.id`` is the commit order; there is no wall-clock ordering. Loads use a
+``updates.id`` is the commit order; ``updates.time`` is when the row was
+committed (Unix seconds; NULL for rows from before schema 2), for the
+history a timeline shows, never for ordering. Loads use a
 second, read-only connection, so they never wait behind a commit and, in WAL
 mode, always see a committed state.
 
@@ -59,7 +61,7 @@ __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "SQLiteStore"]
 
 log = logging.getLogger("ysyncd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The tables every schema version since 1 has; a file without them is not ours.
 _TABLES = frozenset({"meta", "rooms", "updates"})
 _ROOM_ID_CACHE = 65_536
@@ -69,9 +71,9 @@ MAX_BATCH = 8192
 
 # The snapshot (as row 0) and the log, in order, in one consistent statement.
 _LOAD = """
-SELECT 0, snapshot FROM rooms WHERE name = :name
+SELECT 0, snapshot, NULL FROM rooms WHERE name = :name
 UNION ALL
-SELECT u.id, u.data FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
+SELECT u.id, u.data, u.time FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
 WHERE r.name = :name
 ORDER BY 1
 """
@@ -79,7 +81,9 @@ ORDER BY 1
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(rows: int) -> str:
-    return "INSERT INTO updates (room_id, data) VALUES " + ", ".join(["(?, ?)"] * rows)
+    return "INSERT INTO updates (room_id, data, time) VALUES " + ", ".join(
+        ["(?, ?, ?)"] * rows
+    )
 
 
 _MIGRATIONS: dict[int, str] = {
@@ -97,6 +101,7 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX updates_by_room ON updates(room_id, id);
     """,
+    2: "ALTER TABLE updates ADD COLUMN time REAL",
 }
 
 
@@ -174,10 +179,15 @@ class SQLiteStore:
             rows = await self._reader.execute_fetchall(_LOAD, {"name": room})
         except sqlite3.Error as exc:
             raise StoreError(f"load of room {room!r} failed: {exc}") from exc
-        updates = [bytes(data) for _, data in rows if data is not None]
-        log_rows = sum(1 for row_id, _ in rows if row_id != 0)
-        head = len(updates) - log_rows  # 1 with a snapshot, else 0
-        return StoredRoom(updates, log_rows, len(updates[0]) if head else 0)
+        kept = [(bytes(data), when) for _, data, when in rows if data is not None]
+        log_rows = sum(1 for row_id, _, _ in rows if row_id != 0)
+        head = len(kept) - log_rows  # 1 with a snapshot, else 0
+        return StoredRoom(
+            [data for data, _ in kept],
+            log_rows,
+            len(kept[0][0]) if head else 0,
+            [when for _, when in kept],
+        )
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         # The lock keeps an append out of a compaction's open transaction,
@@ -186,7 +196,10 @@ class SQLiteStore:
             if len(batch) > MAX_BATCH:
                 raise StoreError(f"at most {MAX_BATCH} updates per append")
             async with self._write_lock:
-                rows = [(await self._room_id(room), update) for room, update in batch]
+                now = time.time()
+                rows = [
+                    (await self._room_id(room), update, now) for room, update in batch
+                ]
                 await self._writer.execute(
                     _insert_sql(len(rows)), [v for row in rows for v in row]
                 )
@@ -220,7 +233,7 @@ class SQLiteStore:
         # Committer) rewrites a room, so what was read is still there after.
         rows = [
             (row_id, bytes(data))
-            for row_id, data in await self._reader.execute_fetchall(
+            for row_id, data, _ in await self._reader.execute_fetchall(
                 _LOAD, {"name": room}
             )
             if data is not None
