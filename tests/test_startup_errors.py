@@ -22,7 +22,7 @@ from tests.serverproc import running_server
 from tests.timing import scaled
 from tests.yclient import YClient, stored_content
 from ysyncd.errors import StoreInUse, StoreOpenError
-from ysyncd.store.sqlite import SQLiteStore
+from ysyncd.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 TOKENS = '[[tokens]]\nuser = "a"\ntoken = "t"\nrooms = ["*"]\n'
 
@@ -219,7 +219,7 @@ async def test_newer_schema(tmp_path: Path) -> None:
     line = await refusal("--db", str(db))
     assert line == (
         f"ysyncd: --db {db}: database schema version 99 is newer than this "
-        "ysyncd understands (1); upgrade ysyncd"
+        f"ysyncd understands ({SCHEMA_VERSION}); upgrade ysyncd"
     )
     assert db.read_bytes() == before
 

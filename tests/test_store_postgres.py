@@ -8,6 +8,7 @@ document content.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -122,6 +123,35 @@ async def test_a_second_node_without_a_backplane_is_refused(pg_url: str) -> None
             await open_store(pg_url)
     finally:
         await shared.aclose()
+
+
+async def test_schema_1_gains_commit_times(pg_url: str) -> None:
+    """A database of schema 1 is migrated: its rows stay, without a time;
+    rows committed afterwards carry theirs (for the history)."""
+    every = edits(8)
+    store = await open_store(pg_url)
+    await store.append([("r", u) for u in every[:5]])
+    await store.aclose()
+    raw = await asyncpg.connect(pg_url)
+    try:  # back to schema 1, as an older ysyncd left it
+        await raw.execute(f"ALTER TABLE {SCHEMA}.updates DROP COLUMN time")
+        await raw.execute(
+            f"UPDATE {SCHEMA}.meta SET value = '1' WHERE key = 'schema_version'"
+        )
+    finally:
+        await raw.close()
+    store = await open_store(pg_url)
+    try:
+        before = time.time()
+        await store.append([("r", u) for u in every[5:]])
+        loaded = await store.load("r")
+        assert content(loaded.updates) == content(every)
+        assert loaded.times[:5] == [None] * 5
+        assert all(
+            t is not None and before <= t <= time.time() for t in loaded.times[5:]
+        )
+    finally:
+        await store.aclose()
 
 
 async def test_a_newer_schema_and_a_foreign_schema_are_refused(pg_url: str) -> None:

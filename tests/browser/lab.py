@@ -117,6 +117,14 @@ def write_user_settings(
         path.write_text(json.dumps(values, indent=2))
 
 
+def write_page_config(config_dir: Path, disabled: Iterable[str]) -> None:
+    """Disable JupyterLab plugins, as ``jupyter labextension disable`` does:
+    ``{JUPYTER_CONFIG_DIR}/labconfig/page_config.json``."""
+    path = config_dir / "labconfig" / "page_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"disabledExtensions": dict.fromkeys(disabled, True)}))
+
+
 def write_notebook(path: Path, *sources: str) -> None:
     """A notebook of code cells, without a kernelspec."""
     nb = nbformat.v4.new_notebook()
@@ -198,21 +206,36 @@ class LabPage:
 
     @classmethod
     async def open(
-        cls, browser: Browser, base_url: str, token: str, user: str, notebook: str
+        cls,
+        browser: Browser,
+        base_url: str,
+        token: str,
+        user: str,
+        notebook: str | None,
     ) -> LabPage:
-        """Sign in with the token as ``user`` and open ``notebook`` in a
-        workspace of the user's own (so two users never share layout state)."""
+        """Sign in with the token as ``user`` and open ``notebook`` (or no
+        file) in a workspace of the user's own (so two users never share
+        layout state)."""
         context = await browser.new_context(viewport={"width": 1280, "height": 800})
         context.set_default_timeout(ms(20))
         page = await context.new_page()
         lab = cls(page, user)
         page.on("pageerror", lambda exc: lab.problems.append(f"page error: {exc}"))
         page.on(
+            "console",
+            lambda m: (
+                lab.problems.append(f"console {m.type}: {m.text}")
+                if m.type == "error"
+                else None
+            ),
+        )
+        page.on(
             "requestfailed",
             lambda req: lab.problems.append(f"request failed: {req.url} {req.failure}"),
         )
         query = urlencode({"token": token, "user": user})
-        url = f"{base_url}lab/workspaces/{quote(user)}/tree/{quote(notebook)}?{query}"
+        tree = f"/tree/{quote(notebook)}" if notebook else ""
+        url = f"{base_url}lab/workspaces/{quote(user)}{tree}?{query}"
         await page.goto(url, timeout=ms(30))
         return lab
 

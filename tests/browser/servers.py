@@ -20,14 +20,19 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import httpx
 
-from tests.browser.lab import LAB_EXTENSIONS, lab_config, write_user_settings
+from tests.browser.lab import (
+    LAB_EXTENSIONS,
+    lab_config,
+    write_page_config,
+    write_user_settings,
+)
 from tests.jupyterproc import JupyterServer, file_args, running_jupyter
 from tests.serverproc import ServerProcess
 from tests.subprocs import free_port
@@ -66,13 +71,29 @@ c.YDocExtension.document_save_delay = None
 
 
 @contextlib.asynccontextmanager
-async def reference_lab(workdir: Path) -> AsyncIterator[Lab]:
-    """JupyterLab on jupyter_server_ydoc."""
+async def reference_lab(
+    workdir: Path,
+    *,
+    extensions: Iterable[str] = (),
+    config: str = "",
+    disabled: Iterable[str] = (),
+) -> AsyncIterator[Lab]:
+    """JupyterLab on jupyter_server_ydoc; ``config`` may set
+    ``c.Collaboration.*``, which names YDocExtension's traits here, and
+    ``disabled`` names JupyterLab plugins to disable."""
     write_user_settings(workdir / "config")
+    write_page_config(workdir / "config", disabled)
     async with running_jupyter(
         workdir,
-        config=lab_config(_REFERENCE_CONFIG),
-        extensions=[*LAB_EXTENSIONS, "jupyter_server_fileid", "jupyter_server_ydoc"],
+        config=lab_config(
+            _REFERENCE_CONFIG + config.replace("c.Collaboration.", "c.YDocExtension.")
+        ),
+        extensions=[
+            *LAB_EXTENSIONS,
+            "jupyter_server_fileid",
+            "jupyter_server_ydoc",
+            *extensions,
+        ],
         args=["--FileContentsManager.delete_to_trash=False"],
     ) as jupyter:
         yield Lab("reference", jupyter, lambda: "jupyter server:\n" + jupyter.log())
@@ -96,8 +117,16 @@ NO_AUTOSAVE_S = 300
 
 
 @contextlib.asynccontextmanager
-async def ysyncd_lab(workdir: Path) -> AsyncIterator[Lab]:
-    """JupyterLab on the ysyncd.jupyter extension and a ``ysyncd serve``.
+async def ysyncd_lab(
+    workdir: Path,
+    *,
+    extensions: Iterable[str] = (),
+    config: str = "",
+    disabled: Iterable[str] = (),
+) -> AsyncIterator[Lab]:
+    """JupyterLab on the ysyncd.jupyter extension and a ``ysyncd serve``;
+    ``config`` may set ``c.Collaboration.*``, YsyncdExtension's traits here,
+    and ``disabled`` names JupyterLab plugins to disable.
 
     Each needs the other's address: ysyncd's port is picked first (a tiny
     window for another process to take it), the Jupyter server starts with
@@ -110,12 +139,19 @@ async def ysyncd_lab(workdir: Path) -> AsyncIterator[Lab]:
     ysyncd.port = free_port()
     jupyter_dir = workdir / "jupyter"
     write_user_settings(jupyter_dir / "config")
+    write_page_config(jupyter_dir / "config", disabled)
     async with running_jupyter(
         jupyter_dir,
         config=lab_config(
             _YSYNCD_CONFIG.format(url=ysyncd.url, secret_file=str(secret_file))
+            + config.replace("c.Collaboration.", "c.YsyncdExtension.")
         ),
-        extensions=[*LAB_EXTENSIONS, "jupyter_server_fileid", "ysyncd.jupyter"],
+        extensions=[
+            *LAB_EXTENSIONS,
+            "jupyter_server_fileid",
+            "ysyncd.jupyter",
+            *extensions,
+        ],
         args=["--FileContentsManager.delete_to_trash=False"],
     ) as jupyter:
         ysyncd.args = [
@@ -151,7 +187,7 @@ async def _connections(ysyncd: ServerProcess) -> int:
     return int(match[1])
 
 
-BACKENDS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[Lab]]] = {
+BACKENDS: dict[str, Callable[..., contextlib.AbstractAsyncContextManager[Lab]]] = {
     "reference": reference_lab,
     "ysyncd": ysyncd_lab,
 }
