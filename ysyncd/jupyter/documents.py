@@ -43,7 +43,6 @@ import json
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from jupyter_ydoc import ydocs
@@ -55,8 +54,8 @@ from jupyter_ydoc.ynotebook import (
 )
 from pycrdt import Array, Doc, Map, write_var_uint
 
-from ysyncd.errors import InvalidRoomName
 from ysyncd.jupyter.files import BadFile
+from ysyncd.jupyter.roomids import FORMATS, DocumentType, parse_room_id
 
 __all__ = [
     "FORMATS",
@@ -77,9 +76,6 @@ __all__ = [
 #: :func:`repair` (reading them recurses; 64 levels is far past any notebook).
 MAX_DEPTH = 64
 
-#: The file formats of the Contents API a room id may name.
-FORMATS = frozenset({"json", "text", "base64"})
-
 #: Document classes by type name, from the ``jupyter_ydoc`` entry points.
 _CLASSES: Mapping[str, type[YBaseDoc]] = ydocs
 #: What jupyter_server_ydoc falls back to for a type nobody registered.
@@ -89,48 +85,6 @@ _FALLBACK = "file"
 _CELL_IDS = uuid.UUID("6b0c6f1e-3a52-5d7e-9a0f-2f1c5e0a7d41")
 # The undo manager is narrowed to this origin, which no transaction uses.
 _NO_UNDO = "ysyncd: no undo"
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentType:
-    """What a document room id (``format:type:fileId``) names."""
-
-    file_format: str
-    file_type: str
-    file_id: str
-
-    @property
-    def room_id(self) -> str:
-        return f"{self.file_format}:{self.file_type}:{self.file_id}"
-
-    @property
-    def model_class(self) -> type[YBaseDoc]:
-        return model_class(self.file_type)
-
-
-def parse_room_id(room_id: str) -> DocumentType | None:
-    """The document a JupyterLab room id names; None for a transient room.
-
-    As in jupyter_server_ydoc, an id with two colons or more is a document
-    room, split with ``split(":", 2)`` (so the file id may hold colons);
-    anything else (``JupyterLab:globalAwareness``, fork rooms) is transient.
-    An unknown type is not an error: it is edited as a ``file``.
-
-    Raises:
-        InvalidRoomName: an unknown format, or an empty type or file id.
-    """
-    if room_id.count(":") < 2:
-        return None
-    file_format, file_type, file_id = room_id.split(":", 2)
-    if file_format not in FORMATS:
-        raise InvalidRoomName(
-            f"unknown file format {file_format[:32]!r} (json, text or base64)"
-        )
-    if not file_type:
-        raise InvalidRoomName("the room id names no document type")
-    if not file_id:
-        raise InvalidRoomName("the room id names no file id")
-    return DocumentType(file_format, file_type, file_id)
 
 
 def model_class(file_type: str) -> type[YBaseDoc]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -43,22 +42,12 @@ from ysyncd.cluster import Lease
 from ysyncd.errors import YsyncdError
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import BadFile, FileGone, Files, FileState
-from ysyncd.namespaces import Namespace
+from ysyncd.jupyter.roomids import Target
 from ysyncd.room import Room, RoomFailed
 
 __all__ = ["FileBinding", "SaveStatus", "Target"]
 
 log = logging.getLogger("ysyncd.jupyter")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Which file a Jupyter document room is about."""
-
-    namespace: Namespace
-    file_format: str
-    file_type: str
-    file_id: str
 
 
 SaveStatus = str  # "success" | "skipped" | "failed", as the frontend expects

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from anyio.abc import TaskGroup
@@ -25,14 +26,16 @@ from anyio.abc import TaskGroup
 from ysyncd.cluster import Cluster, Lease
 from ysyncd.config import Settings
 from ysyncd.errors import InvalidUpdate
-from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import Files, open_files
-from ysyncd.jupyter.rooms import FileBinding, Target
+from ysyncd.jupyter.roomids import Target, parse_room_id
 from ysyncd.namespaces import Namespace, PathPattern
 from ysyncd.peer import Peer
 from ysyncd.protocol import JupyterSave, Message, encode_raw
 from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry, Setup
+
+if TYPE_CHECKING:
+    from ysyncd.jupyter.rooms import FileBinding
 
 __all__ = ["JupyterRooms", "Route", "route", "unknown_session"]
 
@@ -68,7 +71,7 @@ def route(pattern: PathPattern, room: str, query: str) -> Route | None:
     if located is None:
         return None
     session = parse_qs(query).get("sessionId", [""])[0] or None
-    kind = documents.parse_room_id(located.room_id)
+    kind = parse_room_id(located.room_id)
     target = None
     if kind is not None:
         target = Target(
@@ -104,6 +107,14 @@ class JupyterRooms:
         self.transient = transient
         self.files: Files | None = open_files(settings)
         self._tg = task_group
+        if self.files is not None:
+            # Now, not at a first room's load: importing the document models
+            # takes seconds (see roomids.py), which would stall every room.
+            from ysyncd.jupyter.rooms import FileBinding
+
+            self._binding: type[FileBinding] | None = FileBinding
+        else:
+            self._binding = None
 
     def route(self, room: str, query: str) -> Route | None:
         """The route of a room name, or None for a plain y-websocket room."""
@@ -117,10 +128,12 @@ class JupyterRooms:
         Returns how many rooms were told.
         """
         told = 0
+        if self._binding is None:
+            return told  # no room is bound to a file
         for room in rooms:
             binding = room.document
             if (
-                isinstance(binding, FileBinding)
+                isinstance(binding, self._binding)
                 and binding.target.namespace == namespace
             ):
                 binding.poke()
@@ -175,9 +188,9 @@ class JupyterRooms:
     def setup(self, target: Target) -> Setup | None:
         """What binds a freshly loaded document room to its file, if anything."""
         files = self.files
-        if files is None:
+        if files is None or self._binding is None:
             return None
-        binding = FileBinding(
+        binding = self._binding(
             target,
             files,
             self._tg,
