@@ -163,6 +163,24 @@ async def test_compaction_keeps_updates_whose_dependencies_are_missing(
     assert str(doc.get("text", type=Text)) == ">> hello world"
 
 
+async def test_rooms_lists_every_stored_room_with_its_size(store: UpdateStore) -> None:
+    """The listing names each room once, with the bytes its load returns and
+    the time of its newest row (none once all of it is in the snapshot)."""
+    before = time.time()
+    await store.append([("b", u) for u in edits(20, client_id=2)])
+    await store.append([("a", u) for u in edits(30)])
+    await store.compact("b")
+    listed = {room.name: room for room in await store.rooms()}
+    assert sorted(listed) == ["a", "b"]
+    for name in ("a", "b"):
+        loaded = await store.load(name)
+        assert listed[name].rows == loaded.log_rows
+        assert listed[name].bytes == sum(map(len, loaded.updates))
+    last = listed["a"].last_change
+    assert last is not None and before <= last <= time.time()
+    assert content((await store.load("b")).updates) == content(edits(20, client_id=2))
+
+
 async def test_epoch_is_stable(store: UpdateStore) -> None:
     """The store epoch is a non-empty id."""
     assert len(store.epoch) >= 16

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from ysyncd import __version__, logs
+from ysyncd import __version__, logs, offline
 from ysyncd.auth import Authorizer, build_authorizer
 from ysyncd.config import Setting, Settings, describe, settings_table
 from ysyncd.errors import BackplaneError, StoreOpenError
@@ -59,21 +59,25 @@ def _click_type(setting: Setting) -> Any:
     return str
 
 
+def _option(setting: Setting) -> Callable[[F], F]:
+    flag = setting.type is bool
+    return click.option(
+        setting.flag,
+        setting.name,
+        is_flag=flag,
+        type=None if flag else _click_type(setting),
+        default=setting.default,
+        show_default=setting.default is not None,
+        envvar=setting.envvars,
+        show_envvar=True,
+        help=setting.help,
+    )
+
+
 def settings_options(func: F) -> F:
     """Decorate a command with one option per setting."""
     for setting in reversed(describe()):
-        flag = setting.type is bool
-        func = click.option(
-            setting.flag,
-            setting.name,
-            is_flag=flag,
-            type=None if flag else _click_type(setting),
-            default=setting.default,
-            show_default=setting.default is not None,
-            envvar=setting.envvars,
-            show_envvar=True,
-            help=setting.help,
-        )(func)
+        func = _option(setting)(func)
     return func
 
 
@@ -173,6 +177,12 @@ def _as_hub_service(settings: Settings, ctx: click.Context) -> Settings:
     if "port" not in given and parts.port:
         changes["port"] = parts.port
     return dataclasses.replace(settings, **changes)
+
+
+# The offline commands take the store as `serve` does: the same --db setting.
+for _command in offline.commands:
+    _option(next(s for s in describe() if s.name == "db"))(_command)
+    main.add_command(_command)
 
 
 @main.command("settings")

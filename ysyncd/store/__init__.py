@@ -46,6 +46,7 @@ async def open_store(
     synchronous: str = "full",
     busy_timeout: float = 5.0,
     shared: bool = False,
+    read_only: bool = False,
 ) -> UpdateStore:
     """Open the store ``db`` names.
 
@@ -53,6 +54,8 @@ async def open_store(
         db: a ``postgresql://`` URL, ``memory://``, or a SQLite file's path.
         synchronous, busy_timeout: SQLite's (see :meth:`SQLiteStore.open`).
         shared: other nodes serve the same rooms (there is a backplane).
+        read_only: only read, beside a running server (no lock, no
+            migration); appends and compactions raise StoreError.
 
     Raises:
         StoreOpenError: the database cannot be served, in a few words.
@@ -63,9 +66,12 @@ async def open_store(
         except ImportError as exc:  # the cluster extra is not installed
             reason = f"needs asyncpg: pip install 'ysyncd[cluster]' ({exc})"
             raise StoreOpenError(redact_url(str(db)), reason) from exc
-        return await PostgresStore.open(str(db), shared=shared)
+        return await PostgresStore.open(str(db), shared=shared, read_only=read_only)
     if str(db) == "memory://":
         return MemoryStore()
     return await SQLiteStore.open(
-        Path(db), synchronous=synchronous, busy_timeout=busy_timeout
+        Path(db),
+        synchronous=synchronous,
+        busy_timeout=busy_timeout,
+        read_only=read_only,
     )

@@ -27,6 +27,7 @@ from ysyncd.store.snapshot import Snapshot, build_snapshot
 __all__ = [
     "Build",
     "Compaction",
+    "RoomSummary",
     "StoredRoom",
     "UpdateStore",
     "build_here",
@@ -58,6 +59,19 @@ class StoredRoom:
     #: When each of :attr:`updates` was committed (Unix seconds), or None:
     #: the snapshot's, and rows older than the stores' keeping it.
     times: list[float | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    """One stored room, as :meth:`UpdateStore.rooms` lists it."""
+
+    name: str
+    #: Log rows (after the snapshot, if any).
+    rows: int
+    #: Bytes of the snapshot and the rows.
+    bytes: int
+    #: When its newest row was committed (Unix seconds), if known.
+    last_change: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +129,10 @@ class UpdateStore(Protocol):
 
     async def load(self, room: str) -> StoredRoom:
         """Everything stored for ``room`` (empty for a new room)."""
+        ...
+
+    async def rooms(self) -> list[RoomSummary]:
+        """Every stored room, by name."""
         ...
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from ysyncd.store.base import Build, Compaction, StoredRoom, build_here
+from ysyncd.store.base import Build, Compaction, RoomSummary, StoredRoom, build_here
 
 __all__ = ["MemoryStore"]
 
@@ -34,6 +34,22 @@ class MemoryStore:
         times: list[float | None] = [None] * len(head)
         times += self._times.get(room, [])
         return StoredRoom(head + log, len(log), len(snapshot or b""), times)
+
+    async def rooms(self) -> list[RoomSummary]:
+        names = sorted(set(self._logs) | set(self._snapshots))
+        return [
+            RoomSummary(
+                name,
+                len(self._logs.get(name, ())),
+                len(self._snapshots.get(name, b""))
+                + sum(map(len, self._logs.get(name, ()))),
+                max(
+                    (t for t in self._times.get(name, ()) if t is not None),
+                    default=None,
+                ),
+            )
+            for name in names
+        ]
 
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         now = time.time()

@@ -53,6 +53,7 @@ from ysyncd.store import redact_url
 from ysyncd.store.base import (
     Build,
     Compaction,
+    RoomSummary,
     StoredRoom,
     build_here,
     compacted,
@@ -91,6 +92,15 @@ INSERT INTO {SCHEMA}.updates (room_id, data, time)
 SELECT room_id, data, $3::float8 FROM unnest($1::bigint[], $2::bytea[])
     WITH ORDINALITY AS batch(room_id, data, ord)
 ORDER BY ord
+"""
+
+_ROOMS = f"""
+SELECT r.name, count(u.id) AS rows,
+       coalesce(octet_length(r.snapshot), 0)
+       + coalesce(sum(octet_length(u.data)), 0) AS bytes,
+       max(u.time) AS last_change
+FROM {SCHEMA}.rooms AS r LEFT JOIN {SCHEMA}.updates AS u ON u.room_id = r.id
+GROUP BY r.id ORDER BY r.name
 """
 
 _ROOM_ID = f"""
@@ -153,10 +163,16 @@ class PostgresStore:
         self._writer: asyncpg.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._room_ids: dict[str, int] = {}
+        self._read_only = False
 
     @classmethod
     async def open(
-        cls, url: str, *, shared: bool = False, connect_timeout: float = 10.0
+        cls,
+        url: str,
+        *,
+        shared: bool = False,
+        connect_timeout: float = 10.0,
+        read_only: bool = False,
     ) -> PostgresStore:
         """Connect to ``url``, create or migrate the schema, take the node lock.
 
@@ -165,6 +181,9 @@ class PostgresStore:
             shared: other nodes serve the same rooms through a backplane;
                 without one, a second node refuses to start.
             connect_timeout: seconds to wait for the server at start-up.
+            read_only: only read (the offline CLI's listings and exports):
+                no node lock, so running nodes may hold the database, and no
+                migration, so the schema must be this ysyncd's.
 
         Raises:
             StoreOpenError: the database cannot be reached, belongs to
@@ -178,8 +197,11 @@ class PostgresStore:
         except (TimeoutError, *_DB_ERRORS) as exc:
             raise StoreOpenError(shown, _connect_reason(exc)) from exc
         try:
-            epoch = await _migrate(node_lock, shown)
-            await _take_node_lock(node_lock, shown, shared=shared)
+            if read_only:
+                epoch = await _check_schema(node_lock, shown)
+            else:
+                epoch = await _migrate(node_lock, shown)
+                await _take_node_lock(node_lock, shown, shared=shared)
             pool = await asyncpg.create_pool(
                 url,
                 min_size=_POOL_MIN,
@@ -193,7 +215,9 @@ class PostgresStore:
                 raise StoreOpenError(shown, _connect_reason(exc)) from exc
             raise
         log.info("store: PostgreSQL at %s", shown)
-        return cls(pool, node_lock, epoch, shown, dsn=url, shared=shared)
+        store = cls(pool, node_lock, epoch, shown, dsn=url, shared=shared)
+        store._read_only = read_only
+        return store
 
     @property
     def epoch(self) -> str:
@@ -215,7 +239,21 @@ class PostgresStore:
             [row["time"] for row in kept],
         )
 
+    async def rooms(self) -> list[RoomSummary]:
+        try:
+            rows = await self._pool.fetch(_ROOMS)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"listing the rooms failed: {exc}") from exc
+        return [
+            RoomSummary(
+                str(r["name"]), int(r["rows"]), int(r["bytes"]), r["last_change"]
+            )
+            for r in rows
+        ]
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        if self._read_only:
+            raise StoreError("the store was opened read-only")
         try:
             async with self._write_lock:
                 writer = await self._writer_connection()
@@ -248,6 +286,8 @@ class PostgresStore:
         return room_id
 
     async def compact(self, room: str, build: Build = build_here) -> Compaction:
+        if self._read_only:
+            raise StoreError("the store was opened read-only")
         try:
             async with self._pool.acquire() as conn:
                 return await self._compact(conn, room, build)
@@ -300,7 +340,7 @@ class PostgresStore:
         this node holds its node lock again after losing its connection."""
         try:
             await self._pool.fetchval("SELECT 1")
-            if self._node_lock.is_closed():
+            if self._node_lock.is_closed() and not self._read_only:
                 await self._take_node_lock_again()
         except _DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL at {self._url} unreachable: {exc}") from exc
@@ -374,6 +414,25 @@ async def _migrate(conn: asyncpg.Connection, shown: str) -> str:
         epoch = await conn.fetchval(
             f"SELECT value FROM {SCHEMA}.meta WHERE key = 'epoch'"
         )
+    return str(epoch)
+
+
+async def _check_schema(conn: asyncpg.Connection, shown: str) -> str:
+    """The epoch of a database at this ysyncd's schema; StoreOpenError if
+    it is not one (nothing is written)."""
+    try:
+        version = await conn.fetchval(
+            f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'"
+        )
+    except asyncpg.UndefinedTableError:
+        raise StoreOpenError(shown, "holds no ysyncd schema") from None
+    if int(version or 0) != SCHEMA_VERSION:
+        raise StoreOpenError(
+            shown,
+            f"schema version {version}; `ysyncd serve` brings it to "
+            f"{SCHEMA_VERSION} first",
+        )
+    epoch = await conn.fetchval(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'epoch'")
     return str(epoch)
 
 

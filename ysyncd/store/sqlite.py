@@ -51,6 +51,7 @@ from ysyncd.errors import (
 from ysyncd.store.base import (
     Build,
     Compaction,
+    RoomSummary,
     StoredRoom,
     build_here,
     compacted,
@@ -76,6 +77,15 @@ UNION ALL
 SELECT u.id, u.data, u.time FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
 WHERE r.name = :name
 ORDER BY 1
+"""
+
+
+_ROOMS = """
+SELECT r.name, count(u.id),
+       coalesce(length(r.snapshot), 0) + coalesce(sum(length(u.data)), 0),
+       max(u.time)
+FROM rooms AS r LEFT JOIN updates AS u ON u.room_id = r.id
+GROUP BY r.id ORDER BY r.name
 """
 
 
@@ -110,7 +120,7 @@ class SQLiteStore:
 
     def __init__(
         self,
-        writer: aiosqlite.Connection,
+        writer: aiosqlite.Connection | None,
         reader: aiosqlite.Connection,
         epoch: str,
         lock: int,
@@ -124,7 +134,12 @@ class SQLiteStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, synchronous: str = "full", busy_timeout: float = 5.0
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "full",
+        busy_timeout: float = 5.0,
+        read_only: bool = False,
     ) -> SQLiteStore:
         """Open (creating and migrating if needed) the database at ``path``.
 
@@ -133,6 +148,9 @@ class SQLiteStore:
             synchronous: SQLite's ``synchronous`` mode, ``full`` or ``normal``.
             busy_timeout: seconds a statement waits for another process's
                 lock before it fails (at open: before giving up).
+            read_only: only read (the offline CLI's listings and exports):
+                no lock, so a running ysyncd may hold the file, and no
+                migration, so the schema must be this ysyncd's.
 
         Raises:
             StoreOpenError: ``path`` cannot be served, with the reason in a few
@@ -142,6 +160,8 @@ class SQLiteStore:
                 process, or another ysyncd serves it (:class:`StoreInUse`).
         """
         read_only_uri = _prepare(path)
+        if read_only:
+            return await cls._open_read_only(path, read_only_uri, busy_timeout)
         try:
             # aiosqlite.connect() reports a failed open from its thread after
             # the loop may have closed, printing a traceback at exit
@@ -170,9 +190,46 @@ class SQLiteStore:
             raise
         return cls(writer, reader, epoch, lock)
 
+    @classmethod
+    async def _open_read_only(
+        cls, path: Path, uri: str, busy_timeout: float
+    ) -> SQLiteStore:
+        try:
+            reader = await aiosqlite.connect(
+                uri, uri=True, isolation_level=None, timeout=busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc, busy_timeout) from exc
+        try:
+            await _check_owner(reader, path)
+            version = await _user_version(reader)
+            if version != SCHEMA_VERSION:
+                raise StoreOpenError(
+                    str(path),
+                    f"schema version {version}; `ysyncd serve` brings it to "
+                    f"{SCHEMA_VERSION} first",
+                )
+            rows = await reader.execute_fetchall(
+                "SELECT value FROM meta WHERE key = 'epoch'"
+            )
+            epoch = str(next(iter(rows))[0])
+        except BaseException as exc:
+            await reader.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _open_error(path, exc, busy_timeout) from exc
+            raise
+        return cls(None, reader, epoch, -1)
+
     @property
     def epoch(self) -> str:
         return self._epoch
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        """The writing connection; StoreError when opened read-only."""
+        if self._writer is None:
+            raise StoreError("the store was opened read-only")
+        return self._writer
 
     async def load(self, room: str) -> StoredRoom:
         try:
@@ -189,6 +246,13 @@ class SQLiteStore:
             [when for _, when in kept],
         )
 
+    async def rooms(self) -> list[RoomSummary]:
+        try:
+            rows = await self._reader.execute_fetchall(_ROOMS)
+        except sqlite3.Error as exc:
+            raise StoreError(f"listing the rooms failed: {exc}") from exc
+        return [RoomSummary(str(n), int(r), int(b), t) for n, r, b, t in rows]
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         # The lock keeps an append out of a compaction's open transaction,
         # where it would look committed before the transaction is.
@@ -200,7 +264,7 @@ class SQLiteStore:
                 rows = [
                     (await self._room_id(room), update, now) for room, update in batch
                 ]
-                await self._writer.execute(
+                await self._db.execute(
                     _insert_sql(len(rows)), [v for row in rows for v in row]
                 )
         except sqlite3.Error as exc:
@@ -211,7 +275,7 @@ class SQLiteStore:
         if room_id is None:
             if len(self._room_ids) >= _ROOM_ID_CACHE:
                 self._room_ids.clear()  # a cache: rooms come and go for ever
-            rows = await self._writer.execute_fetchall(
+            rows = await self._db.execute_fetchall(
                 "INSERT INTO rooms (name) VALUES (?) "
                 "ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
                 (room,),
@@ -249,7 +313,7 @@ class SQLiteStore:
         async with self._write_lock:
             await self._replace(room, snap.update, log_rows, kept)
         # executescript steps the pragma to completion; execute() frees one page.
-        await self._writer.executescript("PRAGMA incremental_vacuum;")
+        await self._db.executescript("PRAGMA incremental_vacuum;")
         return compacted(room, log_rows, kept, updates, snap.update, started)
 
     async def _replace(
@@ -260,7 +324,7 @@ class SQLiteStore:
         kept: set[int],
     ) -> None:
         """Swap in the snapshot and drop the rows it holds, in one transaction."""
-        db = self._writer
+        db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
             await db.execute(
@@ -291,7 +355,8 @@ class SQLiteStore:
     async def aclose(self) -> None:
         try:
             await self._reader.close()
-            await self._writer.close()
+            if self._writer is not None:
+                await self._writer.close()
         finally:
             # Only once the connections are closed may another ysyncd open it.
             if self._lock >= 0:
