@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
+from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Text
 
+from tests.jupyterclient import JupyterClient, room_path
 from tests.serverproc import ServerProcess, running_server
 from tests.timing import scaled
 from tests.yclient import YClient
@@ -132,3 +135,94 @@ async def test_postgres_is_read_beside_its_server_and_not_written(
         assert content_of(target.read_bytes()) == seen
         status, _, err = await ysyncd("compact", "--db", pg_url)
         assert status == 1 and "stop the server" in err
+
+
+async def test_export_json_reads_the_types_off_the_content(tmp_path: Path) -> None:
+    """A plain room's roots come out as a map, a text and an array; a
+    Jupyter notebook room as the notebook's JSON (its file's content)."""
+    db = tmp_path / "j.db"
+    notebook_room = room_path(
+        "alice", "json:notebook:6f1c0a4e-1111-4c2b-9d7e-00000000beef"
+    )
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "c1",
+                "source": "print(1)",
+                "metadata": {},
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    async with running_server(db) as server:
+        async with YClient.connect(server.url, "plain") as client:
+            client.text.insert(0, "hello")
+            client.map["k"] = "v"
+            client.array.extend([1, "two"])
+            await client.wait_confirmed()
+        async with JupyterClient.connect(server.url, notebook_room) as client:
+            model = YNotebook(client.doc)
+            model.set(nb)
+            expected = model.get()
+            await client.wait_confirmed()
+        status, out, err = await ysyncd(
+            "export", "plain", "--format", "json", "--db", str(db)
+        )
+        assert status == 0, err
+        assert json.loads(out) == {
+            "array": [1, "two"],
+            "map": {"k": "v"},
+            "text": "hello",
+        }
+        status, out, err = await ysyncd(
+            "export", notebook_room, "--format", "json", "--db", str(db)
+        )
+        assert status == 0, err
+        assert json.loads(out) == expected
+        assert json.loads(out)["cells"][0]["source"] == "print(1)"
+
+
+async def test_backup_verify_and_migrate(tmp_path: Path, pg_url: str) -> None:
+    db = tmp_path / "live.db"
+    copy = tmp_path / "backup.db"
+    async with running_server(db) as server:
+        seen = await edit(server, "kept", "in the backup")
+        await edit(server, "second", "room")
+        # A consistent copy while the server runs, checked by content.
+        status, out, err = await ysyncd("backup", str(copy), "--db", str(db))
+        assert status == 0, err
+        status, _, err = await ysyncd("backup", str(copy), "--db", str(db))
+        assert status == 1 and "never overwrites" in err
+    exported = tmp_path / "kept.update"
+    status, _, err = await ysyncd(
+        "export", "kept", "--db", str(copy), "-o", str(exported)
+    )
+    assert status == 0, err
+    assert content_of(exported.read_bytes()) == seen
+
+    status, out, err = await ysyncd("verify", "--db", str(copy))
+    assert status == 0, err
+    # A row that is not an update: verify names its room and exits 1.
+    with sqlite3.connect(copy) as conn:
+        conn.execute(
+            "UPDATE updates SET data = x'0102030405' WHERE id = "
+            "(SELECT max(u.id) FROM updates u JOIN rooms r ON r.id = u.room_id "
+            "WHERE r.name = 'second')"
+        )
+    conn.close()
+    status, _, err = await ysyncd("verify", "--db", str(copy))
+    assert status == 1
+    assert "room 'second'" in err and "room 'kept'" not in err
+
+    # Every room into PostgreSQL, verified by content there and here.
+    status, out, err = await ysyncd("migrate", "--from", str(db), "--to", pg_url)
+    assert status == 0, err
+    assert "copied 2 rooms" in out
+    status, _, err = await ysyncd("export", "kept", "--db", pg_url, "-o", str(exported))
+    assert status == 0, err
+    assert content_of(exported.read_bytes()) == seen

@@ -179,9 +179,14 @@ def _as_hub_service(settings: Settings, ctx: click.Context) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-# The offline commands take the store as `serve` does: the same --db setting.
-for _command in offline.commands:
-    _option(next(s for s in describe() if s.name == "db"))(_command)
+# The offline commands take the store as `serve` does: the same --db setting
+# (and whatever other setting they need).
+for _command, _names in offline.commands:
+    for _setting in describe():
+        if _setting.name in ("db", *_names):
+            _option(_setting)(_command)
+    main.add_command(_command)
+for _command in offline.own_stores:
     main.add_command(_command)
 
 

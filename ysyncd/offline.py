@@ -18,14 +18,17 @@ replacement. A compaction is verified by content, as the server's is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pycrdt import Doc
 
 from ysyncd.errors import (
     InvalidUpdate,
@@ -35,13 +38,21 @@ from ysyncd.errors import (
     YsyncdError,
 )
 from ysyncd.integrate import UpdatePolicy, apply_update
-from ysyncd.store import UpdateStore, open_store, redact_url
-from ysyncd.store.snapshot import doc_from_updates
+from ysyncd.jupyter.roomids import parse_room_id
+from ysyncd.namespaces import PathPattern
+from ysyncd.rendering import document_json, jupyter_json
+from ysyncd.store import UpdateStore, is_postgres_url, open_store, redact_url
+from ysyncd.store.snapshot import build_snapshot, doc_from_updates
 from ysyncd.updates import shape_of
 
 __all__ = ["commands"]
 
 T = TypeVar("T")
+
+#: The PostgreSQL schema the store lives in.
+SCHEMA_NAME = "ysyncd"
+#: Rows per append when copying a room.
+_BATCH = 500
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -95,15 +106,26 @@ def rooms(db: str, as_json: bool) -> None:
 @click.command("export")
 @click.argument("room")
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["update", "json"]),
+    default="update",
+    show_default=True,
+    help="update: one Yjs update (v1); json: the document as JSON (a Jupyter "
+    "room's: its file's content).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write here instead of to standard output.",
 )
-def export(db: str, room: str, output: Path | None) -> None:
-    """Write ROOM's document as one Yjs update (v1)."""
+def export(
+    db: str, room_pattern: str, room: str, fmt: str, output: Path | None
+) -> None:
+    """Write ROOM's document, as a Yjs update or as JSON."""
 
-    async def state() -> bytes:
+    async def stored_updates() -> list[bytes]:
         store = await _opened(db, read_only=True)
         try:
             stored = await store.load(room)
@@ -111,14 +133,25 @@ def export(db: str, room: str, output: Path | None) -> None:
             await store.aclose()
         if not stored.updates:
             raise StoreError(f"{redact_url(db)}: no room {room!r}")
-        return bytes(doc_from_updates(stored.updates).get_update())
+        return stored.updates
 
-    update = _run(state())
+    updates = _run(stored_updates())
+    if fmt == "update":
+        data = bytes(doc_from_updates(updates).get_update())
+    else:
+        located = PathPattern(room_pattern).locate(room)
+        kind = None if located is None else parse_room_id(located.room_id)
+        content = (
+            document_json(updates)
+            if kind is None
+            else jupyter_json(updates, kind.file_type)
+        )
+        data = (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode()
     if output is None:
-        sys.stdout.buffer.write(update)
+        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        output.write_bytes(update)
+        output.write_bytes(data)
 
 
 @click.command("import")
@@ -171,9 +204,130 @@ def compact(db: str, room: str | None) -> None:
         )
 
 
+@click.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path, dir_okay=False))
+def backup(db: str, dest: Path) -> None:
+    """Copy the SQLite database to DEST, consistent even while a server runs."""
+    if is_postgres_url(db):
+        raise click.ClickException(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools: "
+            f"pg_dump --schema={SCHEMA_NAME} (the store is that schema)"
+        )
+    if dest.exists():
+        raise click.ClickException(f"{dest} exists; a backup never overwrites")
+    # SQLite's online backup: pages copied from one read transaction, so the
+    # copy is the database as of one commit, whatever the server writes.
+    source = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(dest)
+        try:
+            source.backup(target)
+            check = target.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            target.close()
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"backing up {db} failed: {exc}") from None
+    finally:
+        source.close()
+    if check != ("ok",):
+        raise click.ClickException(f"the copy in {dest} fails its integrity check")
+    click.echo(f"backed up {db} to {dest}")
+
+
+@click.command("verify")
+def verify(db: str) -> None:
+    """Check the store: SQLite's integrity check, and every room loads and
+    builds its document. Exits 1, naming what is bad, if anything is."""
+
+    async def check() -> list[str]:
+        problems: list[str] = []
+        store = await _opened(db, read_only=True)
+        try:
+            for summary in await store.rooms():
+                try:
+                    stored = await store.load(summary.name)
+                    build_snapshot(stored.updates)
+                except (YsyncdError, ValueError) as exc:
+                    problems.append(f"room {summary.name!r}: {exc}")
+        finally:
+            await store.aclose()
+        return problems
+
+    problems = [] if is_postgres_url(db) else _integrity(db)
+    problems += _run(check())
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {redact_url(db)}")
+    click.echo(f"{redact_url(db)}: every room loads")
+
+
+@click.command("migrate")
+@click.option("--from", "source", required=True, help="The store to copy from.")
+@click.option("--to", "target", required=True, help="The store to copy into.")
+def migrate(source: str, target: str) -> None:
+    """Copy every room from one store to another (SQLite file or PostgreSQL
+    URL), then check that each room's document is the same in both."""
+
+    async def copy() -> int:
+        src = await _opened(source, read_only=True)
+        try:
+            dst = await _opened(target, read_only=False)
+            try:
+                names = [s.name for s in await src.rooms()]
+                for name in names:
+                    stored = await src.load(name)
+                    for start in range(0, len(stored.updates), _BATCH):
+                        batch = stored.updates[start : start + _BATCH]
+                        await dst.append([(name, u) for u in batch])
+                for name in names:
+                    want = doc_from_updates((await src.load(name)).updates)
+                    got = doc_from_updates((await dst.load(name)).updates)
+                    if got.get_state() != want.get_state() or not _same(want, got):
+                        raise StoreError(f"room {name!r} differs after the copy")
+                return len(names)
+            finally:
+                await dst.aclose()
+        finally:
+            await src.aclose()
+
+    count = _run(copy())
+    click.echo(
+        f"copied {count} rooms from {redact_url(source)} to {redact_url(target)}"
+    )
+
+
+def _integrity(db: str) -> list[str]:
+    """What SQLite's integrity check finds wrong in the file (first 20)."""
+    uri = Path(db).resolve().as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.Error as exc:
+        return [f"integrity: {exc}"]
+    return [] if rows == [("ok",)] else [f"integrity: {r[0]}" for r in rows[:20]]
+
+
+def _same(a: Doc[Any], b: Doc[Any]) -> bool:
+    """Whether two docs hold the same content (each has what the other has)."""
+    return a.get_update(b.get_state()) == b"\x00\x00" and (
+        b.get_update(a.get_state()) == b"\x00\x00"
+    )
+
+
 def _iso(seconds: float) -> str:
     when = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
     return when.strftime("%Y-%m-%d %H:%M:%S")
 
 
-commands = [rooms, export, import_, compact]
+#: Each command, and the settings it takes besides --db (cli.py adds them).
+commands: list[tuple[click.Command, tuple[str, ...]]] = [
+    (rooms, ()),
+    (export, ("room_pattern",)),
+    (import_, ()),
+    (compact, ()),
+    (backup, ()),
+    (verify, ()),
+]
+#: Commands that name their stores themselves.
+own_stores = [migrate]
