@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import click
 
 from ysyncd import __version__, logs, offline
+from ysyncd.api import read_admin_token
 from ysyncd.auth import Authorizer, build_authorizer
 from ysyncd.config import Setting, Settings, describe, settings_table
 from ysyncd.errors import BackplaneError, StoreOpenError
@@ -107,6 +108,7 @@ def serve(**options: Any) -> None:
         )
     try:
         _check_jupyter_files(settings)
+        read_admin_token(settings.admin_token_file)  # refused now, not later
         authorizer = build_authorizer(settings)
         tls = tls_context(settings)
     except (ValueError, OSError) as exc:

@@ -231,6 +231,11 @@ class Settings:
     token_file: Path | None = _setting(
         None, "TOML file mapping tokens to room globs and read/write (--auth token)."
     )
+    admin_token_file: Path | None = _setting(
+        None,
+        "File holding the admin token, which opens every room of the HTTP "
+        "API (/api/), as Authorization: Bearer; 32 bytes or more.",
+    )
     glue_secret_file: Path | None = _setting(
         None,
         "File holding the secret the ysyncd Jupyter server extension presents "

@@ -31,6 +31,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from ysyncd.admission import Admission, Admitter, duplicate_header
+from ysyncd.api import API, DocumentsApi, read_admin_token
 from ysyncd.auth import Authorizer, allowed_origins, build_authorizer
 from ysyncd.auth.recheck import Rechecker
 from ysyncd.cluster import open_cluster
@@ -74,7 +75,7 @@ _TURN_SECONDS = 0.01
 Listening = Callable[[str, int], None]
 
 
-class _App(Routes):
+class _App(Routes, DocumentsApi):
     """The per-server state the websockets callbacks need."""
 
     def __init__(
@@ -92,6 +93,7 @@ class _App(Routes):
         self.jupyter = jupyter
         self.health = health
         self.settings = settings
+        self.admin_token = read_admin_token(settings.admin_token_file)
         self.authorizer = authorizer
         self.rechecker = (
             Rechecker(authorizer, max(settings.auth_cache_seconds, 1.0))
@@ -173,6 +175,8 @@ class _App(Routes):
                 return await self._files_changed(conn, request, path)
             if path.startswith(HISTORY):
                 return await self._history(conn, request, path)
+            if path.startswith(API):
+                return await self._api(conn, request)
             return self._plain_http(conn, path)
         located = self.admitter.locate(request.path)
         try:

@@ -1,0 +1,331 @@
+"""Documents over HTTP, under ``/api/``: the reading half.
+
+- ``GET /api/openapi.json``: this API, as OpenAPI 3.1.
+- ``GET /api/rooms?limit=&after=``: the stored rooms and those in memory,
+  by name, a page at a time (``next`` names where the next page starts).
+  Needs the admin token: a listing names every room.
+- ``GET /api/rooms/{room}``: one room's rows, bytes, last change and peers.
+- ``GET /api/rooms/{room}/update?sv=``: the document as one Yjs update (v1),
+  or, with a state vector (base64url), what a peer holding it lacks.
+- ``GET /api/rooms/{room}/json``: the document as JSON (see rendering.py;
+  a Jupyter room as its file's content).
+
+``{room}`` is one path segment: a room name with ``/`` in it is sent with
+``%2F``. Access: the admin token (``--admin-token-file``, as ``Authorization:
+Bearer``) opens everything; any other request's credentials go through the
+same authorizer as a WebSocket's, on the same room key, and reading is
+enough. Documents are read from the store, so nothing that is not durable
+yet is ever shown. Errors are JSON: ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import http
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from ysyncd.admission import Admitter, Located
+from ysyncd.commits import Committer
+from ysyncd.errors import AuthError, BadRequest, StoreError, Unauthorized
+from ysyncd.rendering import document_json, jupyter_json
+from ysyncd.rooms import RoomRegistry
+from ysyncd.stats import Stats
+from ysyncd.store.base import RoomSummary
+from ysyncd.store.snapshot import doc_from_updates
+
+__all__ = ["API", "OPENAPI", "DocumentsApi", "read_admin_token"]
+
+#: Where the API lives.
+API = "/api/"
+_ROOMS = "/api/rooms"
+_PAGE = 100
+_MAX_PAGE = 1000
+
+_ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
+_ROOM = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "rows": {"type": "integer", "minimum": 0},
+        "bytes": {"type": "integer", "minimum": 0},
+        "last_change": {"type": ["number", "null"]},
+        "peers": {"type": "integer", "minimum": 0},
+    },
+    "required": ["name", "rows", "bytes", "last_change", "peers"],
+}
+_ROOM_PARAM = {
+    "name": "room",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The room's name, one segment (/ as %2F).",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": http.HTTPStatus(code).phrase,
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+        for code in codes
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "ysyncd documents", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/rooms": {
+            "get": {
+                "summary": "The rooms, by name, a page at a time (admin token).",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page of rooms.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "rooms": {"type": "array", "items": _ROOM},
+                                        "next": {"type": ["string", "null"]},
+                                    },
+                                    "required": ["rooms", "next"],
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
+            }
+        },
+        "/api/rooms/{room}": {
+            "get": {
+                "summary": "One room.",
+                "parameters": [_ROOM_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "The room.",
+                        "content": {"application/json": {"schema": _ROOM}},
+                    },
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/api/rooms/{room}/update": {
+            "get": {
+                "summary": "The document as one Yjs update, or the difference "
+                "from a state vector.",
+                "parameters": [
+                    _ROOM_PARAM,
+                    {
+                        "name": "sv",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "A Yjs state vector, base64url.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A Yjs update (v1).",
+                        "content": {"application/octet-stream": {}},
+                    },
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/api/rooms/{room}/json": {
+            "get": {
+                "summary": "The document as JSON.",
+                "parameters": [_ROOM_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "The document.",
+                        "content": {"application/json": {}},
+                    },
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+    },
+}
+
+
+def read_admin_token(path: Path | None) -> bytes | None:
+    """The admin token in ``path`` (whitespace around it dropped), or None.
+
+    Raises:
+        ValueError: the token is shorter than 32 bytes.
+        OSError: the file cannot be read.
+    """
+    if path is None:
+        return None
+    token = path.read_bytes().strip()
+    if len(token) < 32:
+        raise ValueError(f"--admin-token-file {path}: the token needs 32 bytes or more")
+    return token
+
+
+class DocumentsApi:
+    """The ``/api/`` endpoints; mixed into the server's application."""
+
+    admitter: Admitter
+    committer: Committer
+    registry: RoomRegistry
+    stats: Stats
+    #: The admin token (--admin-token-file), or None.
+    admin_token: bytes | None
+
+    async def _api(self, conn: ServerConnection, request: Request) -> Response:
+        path, _, query = request.path.partition("?")
+        params = parse_qs(query, keep_blank_values=True)
+        try:
+            if path == "/api/openapi.json":
+                return _json(conn, 200, OPENAPI)
+            if path == _ROOMS:
+                return await self._list(conn, request, params)
+            if path.startswith(_ROOMS + "/"):
+                segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
+                return await self._room(conn, request, segment, what, params)
+        except AuthError as exc:
+            self.stats.refused(exc.status, f"api {path!r}: {exc}")
+            return _json(conn, exc.status, {"error": str(exc)})
+        except BadRequest as exc:
+            return _json(conn, 400, {"error": str(exc)})
+        except StoreError as exc:
+            return _json(conn, 503, {"error": f"the store failed: {exc}"})
+        return _json(conn, 404, {"error": "no such endpoint"})
+
+    def _is_admin(self, request: Request) -> bool:
+        token = self.admin_token
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        return (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(value.strip().encode(), token)
+        )
+
+    async def _list(
+        self, conn: ServerConnection, request: Request, params: dict[str, list[str]]
+    ) -> Response:
+        if not self._is_admin(request):
+            raise Unauthorized("listing the rooms needs the admin token")
+        try:
+            limit = int(params.get("limit", [str(_PAGE)])[0])
+        except ValueError:
+            raise BadRequest("limit is a number") from None
+        if not 1 <= limit <= _MAX_PAGE:
+            raise BadRequest(f"limit is between 1 and {_MAX_PAGE}")
+        after = params.get("after", [""])[0]
+        stored = {s.name: s for s in await self.committer.store.rooms()}
+        names = sorted(set(stored) | set(self.registry.rooms))
+        page = [n for n in names if n > after][: limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        return _json(
+            conn,
+            200,
+            {
+                "rooms": [self._summary(n, stored.get(n)) for n in page],
+                "next": page[-1] if more else None,
+            },
+        )
+
+    def _summary(self, name: str, stored: RoomSummary | None) -> dict[str, Any]:
+        room = self.registry.rooms.get(name)
+        return {
+            "name": name,
+            "rows": stored.rows if stored else 0,
+            "bytes": stored.bytes if stored else 0,
+            "last_change": stored.last_change if stored else None,
+            "peers": len(room.peers) if room is not None else 0,
+        }
+
+    async def _room(
+        self,
+        conn: ServerConnection,
+        request: Request,
+        segment: str,
+        what: str,
+        params: dict[str, list[str]],
+    ) -> Response:
+        if what not in ("", "update", "json"):
+            return _json(conn, 404, {"error": "no such endpoint"})
+        located = self.admitter.locate("/" + segment)
+        if not self._is_admin(request):
+            await self.admitter.authorize(request, located.key)
+        stored = await self.committer.store.load(located.key)
+        if not stored.updates and located.key not in self.registry.rooms:
+            return _json(conn, 404, {"error": f"no room {located.name!r}"})
+        if what == "":
+            listed = {s.name: s for s in await self.committer.store.rooms()}
+            return _json(conn, 200, self._summary(located.key, listed.get(located.key)))
+        # CPU-bound, and the first Jupyter rendering imports jupyter_ydoc:
+        # in a thread, so other rooms are served meanwhile.
+        if what == "json":
+            body = await anyio.to_thread.run_sync(_rendered, located, stored.updates)
+            return _json(conn, 200, body)
+        vector = b"\x00"
+        if "sv" in params:
+            try:
+                vector = base64.urlsafe_b64decode(params["sv"][0] + "==")
+            except (binascii.Error, ValueError):
+                raise BadRequest("sv is a base64url state vector") from None
+        update = await anyio.to_thread.run_sync(_difference, stored.updates, vector)
+        return _respond(200, "application/octet-stream", update)
+
+
+def _difference(updates: list[bytes], vector: bytes) -> bytes:
+    try:
+        return bytes(doc_from_updates(updates).get_update(vector))
+    except ValueError:
+        raise BadRequest("sv is not a Yjs state vector") from None
+
+
+def _rendered(located: Located, updates: list[bytes]) -> Any:
+    route = located.route
+    if route is None or route.target is None:
+        return document_json(updates)
+    return jupyter_json(updates, route.target.file_type)
+
+
+def _json(conn: ServerConnection, status: int, body: Any) -> Response:
+    return _respond(status, "application/json", json.dumps(body).encode())
+
+
+def _respond(status: int, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
