@@ -8,6 +8,7 @@ content with what real clients hold.
 from __future__ import annotations
 
 import base64
+import datetime
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from pycrdt import Doc, Text
 from tests.serverproc import ServerProcess, running_server
 from tests.test_auth import ALICE, VIEWER, token_file  # noqa: F401 - fixture
 from tests.yclient import YClient
+from ysyncd.api import Gone, _as_of
+from ysyncd.store.base import StoredRoom
 
 ADMIN = secrets.token_hex(24)
 
@@ -146,3 +149,38 @@ def same_content(a: bytes, b: bytes) -> bool:
         doc.apply_update(update)
         docs.append((str(doc.get("text", type=Text)), doc.get_state()))
     return bool(docs[0] == docs[1])
+
+
+async def test_history_and_the_document_as_it_was(server: ServerProcess) -> None:
+    auth = {"additional_headers": {"Authorization": f"Bearer {ALICE}"}}
+    seen: list[str] = []
+    async with YClient.connect(server.url, "notes/log", **auth) as client:
+        for word in ("one", " two", " three"):
+            client.text.insert(len(client.text), word)
+            await client.wait_confirmed()  # one commit each: one row each
+            seen.append(str(client.text))
+    path = f"/api/rooms/{room('notes/log')}"
+    history = (await get(server, f"{path}/history", VIEWER)).json()
+    assert history["snapshot"] is False
+    times = [v["time"] for v in history["versions"]]
+    assert len(times) == 3 and times == sorted(times) and len(set(times)) == 3
+    for when, text in zip(times, seen, strict=True):
+        as_of = await get(server, f"{path}/json", VIEWER, at=str(when))
+        assert as_of.json()["text"] == text
+    # ISO 8601 keeps microseconds: a moment between the first two rows.
+    middle = (times[0] + times[1]) / 2
+    iso = datetime.datetime.fromtimestamp(middle, tz=datetime.UTC).isoformat()
+    assert (await get(server, f"{path}/json", VIEWER, at=iso)).json()["text"] == "one"
+    before = await get(server, f"{path}/update", VIEWER, at=str(times[0] - 1))
+    assert before.status_code == 200 and state_of(before.content) == b"\x00"
+    assert (
+        await get(server, f"{path}/json", VIEWER, at="yesterday")
+    ).status_code == 400
+
+
+def test_history_before_a_compaction_is_gone() -> None:
+    snapshot = StoredRoom([b"snap", b"row"], 1, 4, [None, 1000.0])
+    with pytest.raises(Gone):
+        _as_of(snapshot, 999.0)
+    assert _as_of(snapshot, 1000.0) == [b"snap", b"row"]
+    assert _as_of(StoredRoom([b"a", b"b"], 2, 0, [5.0, 6.0]), 5.5) == [b"a"]

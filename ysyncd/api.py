@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hmac
 import http
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -40,7 +42,7 @@ from ysyncd.errors import AuthError, BadRequest, StoreError, Unauthorized
 from ysyncd.rendering import document_json, jupyter_json
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
-from ysyncd.store.base import RoomSummary
+from ysyncd.store.base import RoomSummary, StoredRoom
 from ysyncd.store.snapshot import doc_from_updates
 
 __all__ = ["API", "OPENAPI", "DocumentsApi", "read_admin_token"]
@@ -49,6 +51,7 @@ __all__ = ["API", "OPENAPI", "DocumentsApi", "read_admin_token"]
 API = "/api/"
 _ROOMS = "/api/rooms"
 _PAGE = 100
+_SECONDS = re.compile(r"\d{1,12}(\.\d{1,9})?")
 _MAX_PAGE = 1000
 
 _ERROR = {
@@ -73,6 +76,32 @@ _ROOM_PARAM = {
     "required": True,
     "schema": {"type": "string"},
     "description": "The room's name, one segment (/ as %2F).",
+}
+
+
+_AT_PARAM = {
+    "name": "at",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "The document as it was then: Unix seconds or ISO 8601.",
+}
+_HISTORY = {
+    "type": "object",
+    "properties": {
+        "versions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "time": {"type": ["number", "null"]},
+                    "bytes": {"type": "integer", "minimum": 0},
+                },
+                "required": ["time", "bytes"],
+            },
+        },
+        "snapshot": {"type": "boolean"},
+    },
+    "required": ["versions", "snapshot"],
 }
 
 
@@ -144,6 +173,7 @@ OPENAPI: dict[str, Any] = {
                 "from a state vector.",
                 "parameters": [
                     _ROOM_PARAM,
+                    _AT_PARAM,
                     {
                         "name": "sv",
                         "in": "query",
@@ -156,6 +186,19 @@ OPENAPI: dict[str, Any] = {
                         "description": "A Yjs update (v1).",
                         "content": {"application/octet-stream": {}},
                     },
+                    **_errors(400, 401, 403, 404, 410, 503),
+                },
+            }
+        },
+        "/api/rooms/{room}/history": {
+            "get": {
+                "summary": "The versions the store keeps, in commit order.",
+                "parameters": [_ROOM_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "One version per stored row.",
+                        "content": {"application/json": {"schema": _HISTORY}},
+                    },
                     **_errors(400, 401, 403, 404, 503),
                 },
             }
@@ -163,13 +206,13 @@ OPENAPI: dict[str, Any] = {
         "/api/rooms/{room}/json": {
             "get": {
                 "summary": "The document as JSON.",
-                "parameters": [_ROOM_PARAM],
+                "parameters": [_ROOM_PARAM, _AT_PARAM],
                 "responses": {
                     "200": {
                         "description": "The document.",
                         "content": {"application/json": {}},
                     },
-                    **_errors(400, 401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 410, 503),
                 },
             }
         },
@@ -190,6 +233,10 @@ def read_admin_token(path: Path | None) -> bytes | None:
     if len(token) < 32:
         raise ValueError(f"--admin-token-file {path}: the token needs 32 bytes or more")
     return token
+
+
+class Gone(Exception):
+    """What was asked for is no longer kept (410)."""
 
 
 class DocumentsApi:
@@ -218,6 +265,8 @@ class DocumentsApi:
             return _json(conn, exc.status, {"error": str(exc)})
         except BadRequest as exc:
             return _json(conn, 400, {"error": str(exc)})
+        except Gone as exc:
+            return _json(conn, 410, {"error": str(exc)})
         except StoreError as exc:
             return _json(conn, 503, {"error": f"the store failed: {exc}"})
         return _json(conn, 404, {"error": "no such endpoint"})
@@ -276,7 +325,7 @@ class DocumentsApi:
         what: str,
         params: dict[str, list[str]],
     ) -> Response:
-        if what not in ("", "update", "json"):
+        if what not in ("", "update", "json", "history"):
             return _json(conn, 404, {"error": "no such endpoint"})
         located = self.admitter.locate("/" + segment)
         if not self._is_admin(request):
@@ -287,10 +336,15 @@ class DocumentsApi:
         if what == "":
             listed = {s.name: s for s in await self.committer.store.rooms()}
             return _json(conn, 200, self._summary(located.key, listed.get(located.key)))
+        if what == "history":
+            return _json(conn, 200, _history(stored))
+        updates = stored.updates
+        if "at" in params:
+            updates = _as_of(stored, _moment(params["at"][0]))
         # CPU-bound, and the first Jupyter rendering imports jupyter_ydoc:
         # in a thread, so other rooms are served meanwhile.
         if what == "json":
-            body = await anyio.to_thread.run_sync(_rendered, located, stored.updates)
+            body = await anyio.to_thread.run_sync(_rendered, located, updates)
             return _json(conn, 200, body)
         vector = b"\x00"
         if "sv" in params:
@@ -298,8 +352,52 @@ class DocumentsApi:
                 vector = base64.urlsafe_b64decode(params["sv"][0] + "==")
             except (binascii.Error, ValueError):
                 raise BadRequest("sv is a base64url state vector") from None
-        update = await anyio.to_thread.run_sync(_difference, stored.updates, vector)
+        update = await anyio.to_thread.run_sync(_difference, updates, vector)
         return _respond(200, "application/octet-stream", update)
+
+
+def _history(stored: StoredRoom) -> dict[str, Any]:
+    """The versions the store keeps: one per row, in commit order."""
+    times = stored.times or [None] * len(stored.updates)
+    return {
+        "versions": [
+            {"time": when, "bytes": len(update)}
+            for when, update in zip(times, stored.updates, strict=True)
+        ],
+        "snapshot": len(stored.updates) > stored.log_rows,
+    }
+
+
+def _moment(value: str) -> float:
+    """``?at=``: Unix seconds, or an ISO 8601 time (UTC unless it says)."""
+    if _SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest("at is Unix seconds or an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+def _as_of(stored: StoredRoom, moment: float) -> list[bytes]:
+    """The rows that make the document as it was at ``moment``.
+
+    Raises:
+        Gone: ``moment`` is older than what the store keeps (a compaction
+            folded it into the snapshot).
+    """
+    times = stored.times or [None] * len(stored.updates)
+    known = [t for t in times if t is not None]
+    compacted = len(stored.updates) > stored.log_rows
+    if compacted and (not known or moment < known[0]):
+        raise Gone("the room's history before its last compaction is not kept")
+    return [
+        u
+        for t, u in zip(times, stored.updates, strict=True)
+        if t is None or t <= moment
+    ]
 
 
 def _difference(updates: list[bytes], vector: bytes) -> bytes:
