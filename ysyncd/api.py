@@ -27,6 +27,7 @@ import hmac
 import http
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,8 +39,18 @@ from websockets.http11 import Request, Response
 
 from ysyncd.admission import Admitter, Located
 from ysyncd.commits import Committer
-from ysyncd.errors import AuthError, BadRequest, StoreError, Unauthorized
+from ysyncd.errors import (
+    AuthError,
+    BadRequest,
+    Forbidden,
+    StoreError,
+    Unauthorized,
+)
+from ysyncd.jupyter.files import FileError
+from ysyncd.jupyter.service import JupyterRooms
 from ysyncd.rendering import document_json, jupyter_json
+from ysyncd.restore import RestoreFailed, restoring_update
+from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
 from ysyncd.store.base import RoomSummary, StoredRoom
@@ -190,6 +201,31 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/rooms/{room}/restore": {
+            "post": {
+                "summary": "Bring the room back to a time, as a forward edit "
+                "every client merges; answered once it is durable.",
+                "parameters": [{**_AT_PARAM, "required": True}, _ROOM_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "Restored (or nothing was newer).",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "restored": {"type": "boolean"},
+                                        "at": {"type": "number"},
+                                    },
+                                    "required": ["restored", "at"],
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 404, 409, 410, 503),
+                },
+            }
+        },
         "/api/rooms/{room}/history": {
             "get": {
                 "summary": "The versions the store keeps, in commit order.",
@@ -244,6 +280,7 @@ class DocumentsApi:
 
     admitter: Admitter
     committer: Committer
+    jupyter: JupyterRooms
     registry: RoomRegistry
     stats: Stats
     #: The admin token (--admin-token-file), or None.
@@ -253,6 +290,12 @@ class DocumentsApi:
         path, _, query = request.path.partition("?")
         params = parse_qs(query, keep_blank_values=True)
         try:
+            if request.method == "POST" and path.startswith(_ROOMS + "/"):
+                segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
+                if what == "restore":
+                    return await self._restore(conn, request, segment, params)
+            if request.method != "GET":
+                return _json(conn, 405, {"error": f"{request.method} is not served"})
             if path == "/api/openapi.json":
                 return _json(conn, 200, OPENAPI)
             if path == _ROOMS:
@@ -267,6 +310,10 @@ class DocumentsApi:
             return _json(conn, 400, {"error": str(exc)})
         except Gone as exc:
             return _json(conn, 410, {"error": str(exc)})
+        except RestoreFailed as exc:
+            return _json(conn, 409, {"error": str(exc)})
+        except FileError as exc:
+            return _json(conn, 409, {"error": f"the room's file: {exc}"})
         except StoreError as exc:
             return _json(conn, 503, {"error": f"the store failed: {exc}"})
         return _json(conn, 404, {"error": "no such endpoint"})
@@ -306,6 +353,54 @@ class DocumentsApi:
                 "next": page[-1] if more else None,
             },
         )
+
+    async def _restore(
+        self,
+        conn: ServerConnection,
+        request: Request,
+        segment: str,
+        params: dict[str, list[str]],
+    ) -> Response:
+        """``POST /api/rooms/{room}/restore?at=``: the room as it was then, as
+        a forward edit (restore.py), applied like a client's update; 200 once
+        it is durable (and so sent to every peer)."""
+        located = self.admitter.locate("/" + segment)
+        if not self._is_admin(request):
+            grant = await self.admitter.authorize(request, located.key)
+            if grant.read_only:
+                raise Forbidden("restoring needs write access")
+        if "at" not in params:
+            raise BadRequest("restore needs ?at=TIME")
+        moment = _moment(params["at"][0])
+        registry, setup, skip = self.registry, None, frozenset[str]()
+        route = located.route
+        if route is not None:
+            if route.target is None:
+                raise BadRequest("a transient room keeps no history")
+            setup = self.jupyter.setup(route.target)
+            skip = frozenset({"state"})  # the file binding's: path, hash, dirty
+        stored = await self.committer.store.load(located.key)
+        if not stored.updates:
+            return _json(conn, 404, {"error": f"no room {located.name!r}"})
+        _as_of(stored, moment)  # 410 if compacted away
+        room = await registry.acquire(located.key, setup)
+        try:
+            await room.settle()
+            # Read again now that the room is loaded: nothing committed since
+            # the first read is missed.
+            stored = await self.committer.store.load(located.key)
+            times = stored.times or [None] * len(stored.updates)
+            update = await anyio.to_thread.run_sync(
+                partial(restoring_update, stored.updates, times, moment, skip=skip)
+            )
+            if update is not None:
+                pending = room.apply(update)
+                if pending is not None:
+                    await pending
+                await _durable(room)
+        finally:
+            registry.release(room)
+        return _json(conn, 200, {"restored": update is not None, "at": moment})
 
     def _summary(self, name: str, stored: RoomSummary | None) -> dict[str, Any]:
         room = self.registry.rooms.get(name)
@@ -398,6 +493,17 @@ def _as_of(stored: StoredRoom, moment: float) -> list[bytes]:
         for t, u in zip(times, stored.updates, strict=True)
         if t is None or t <= moment
     ]
+
+
+async def _durable(room: Room, timeout: float = 30.0) -> None:
+    """Wait until every update applied to ``room`` is durable (and echoed).
+
+    The committer tells the room, not its callers; commits take milliseconds,
+    so a short poll, bounded, is enough here.
+    """
+    with anyio.fail_after(timeout):
+        while not room.settled:  # noqa: ASYNC110 - the room has no event for it
+            await anyio.sleep(0.005)
 
 
 def _difference(updates: list[bytes], vector: bytes) -> bytes:

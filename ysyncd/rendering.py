@@ -20,7 +20,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from ysyncd.store.snapshot import doc_from_updates
 
-__all__ = ["document_json", "jupyter_json"]
+__all__ = ["document_json", "jupyter_json", "root_types"]
 
 
 def document_json(updates: Sequence[bytes]) -> dict[str, Any]:
@@ -38,15 +38,28 @@ def jupyter_json(updates: Sequence[bytes], file_type: str) -> Any:
     return documents.content(model)
 
 
+def root_types(state: bytes) -> dict[str, type[Map[Any] | Text | Array[Any]]]:
+    """Each root of the document ``state`` (a full update) and the type its
+    content shows (see the module docs); an empty root is a Map."""
+    return {name: _root_type(state, name) for name in sorted(_copy(state).keys())}
+
+
+def _root_type(state: bytes, name: str) -> type[Map[Any] | Text | Array[Any]]:
+    if _copy(state).get(name, type=Map).to_py():
+        return Map
+    if str(_copy(state).get(name, type=Text)):
+        return Text
+    if _copy(state).get(name, type=Array).to_py():
+        return Array
+    return Map
+
+
 def _root(state: bytes, name: str) -> Any:
-    entries = _copy(state).get(name, type=Map).to_py() or {}
-    if entries:
-        return entries
-    text = str(_copy(state).get(name, type=Text))
-    if text:
-        return text
-    values = _copy(state).get(name, type=Array).to_py() or []
-    return values if values else {}
+    kind = _root_type(state, name)
+    root = _copy(state).get(name, type=kind)
+    if isinstance(root, Text):
+        return str(root)
+    return root.to_py() or ({} if kind is Map else [])
 
 
 def _copy(state: bytes) -> Doc[Any]:
