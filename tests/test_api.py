@@ -22,7 +22,7 @@ from pycrdt import Doc, Text
 from tests.serverproc import ServerProcess, running_server
 from tests.test_auth import ALICE, VIEWER, token_file  # noqa: F401 - fixture
 from tests.yclient import YClient
-from ysyncd.api import Gone, _as_of
+from ysyncd.api import ROOM_DELETED, Gone, _as_of
 from ysyncd.store.base import StoredRoom
 
 ADMIN = secrets.token_hex(24)
@@ -184,3 +184,33 @@ def test_history_before_a_compaction_is_gone() -> None:
         _as_of(snapshot, 999.0)
     assert _as_of(snapshot, 1000.0) == [b"snap", b"row"]
     assert _as_of(StoredRoom([b"a", b"b"], 2, 0, [5.0, 6.0]), 5.5) == [b"a"]
+
+
+async def test_deleting_a_room_closes_its_peers_and_removes_its_history(
+    server: ServerProcess,
+) -> None:
+    auth = {"additional_headers": {"Authorization": f"Bearer {ALICE}"}}
+    path = f"/api/rooms/{room('notes/old')}"
+    async with YClient.connect(server.url, "notes/old", **auth) as client:
+        client.text.insert(0, "to be deleted")
+        await client.wait_confirmed()
+        refused = await request(server, "DELETE", path, VIEWER)
+        assert refused.status_code == 403  # read-only
+        deleted = await request(server, "DELETE", path, ALICE)
+        assert deleted.status_code == 200, deleted.text
+        await client.wait(lambda: client.close_code is not None, "the close")
+        assert client.close_code == ROOM_DELETED
+    assert (await get(server, f"{path}/json", ALICE)).status_code == 404
+    assert (await request(server, "DELETE", path, ALICE)).status_code == 404
+    async with YClient.connect(server.url, "notes/old", **auth) as again:
+        assert str(again.text) == ""  # a new, empty room
+    assert (await request(server, "PUT", path, ALICE)).status_code == 405
+
+
+async def request(
+    server: ServerProcess, method: str, path: str, token: str
+) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        return await http.request(
+            method, server.http_url + path, headers={"Authorization": f"Bearer {token}"}
+        )

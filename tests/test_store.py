@@ -181,6 +181,21 @@ async def test_rooms_lists_every_stored_room_with_its_size(store: UpdateStore) -
     assert content((await store.load("b")).updates) == content(edits(20, client_id=2))
 
 
+async def test_a_deleted_room_is_gone_and_the_others_stay(store: UpdateStore) -> None:
+    await store.append([("gone", u) for u in edits(10)])
+    await store.compact("gone")
+    await store.append([("gone", u) for u in edits(12)[10:]])
+    await store.append([("kept", u) for u in edits(5, client_id=3)])
+    assert await store.delete("gone") is True
+    assert (await store.load("gone")).updates == []
+    assert [r.name for r in await store.rooms()] == ["kept"]
+    assert content((await store.load("kept")).updates) == content(edits(5, client_id=3))
+    assert await store.delete("gone") is False
+    # A room of the same name starts afresh.
+    await store.append([("gone", u) for u in edits(3, client_id=4)])
+    assert content((await store.load("gone")).updates) == content(edits(3, client_id=4))
+
+
 async def test_epoch_is_stable(store: UpdateStore) -> None:
     """The store epoch is a non-empty id."""
     assert len(store.epoch) >= 16

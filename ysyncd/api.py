@@ -48,6 +48,7 @@ from ysyncd.errors import (
 )
 from ysyncd.jupyter.files import FileError
 from ysyncd.jupyter.service import JupyterRooms
+from ysyncd.openapi import OPENAPI
 from ysyncd.rendering import document_json, jupyter_json
 from ysyncd.restore import RestoreFailed, restoring_update
 from ysyncd.room import Room
@@ -56,204 +57,16 @@ from ysyncd.stats import Stats
 from ysyncd.store.base import RoomSummary, StoredRoom
 from ysyncd.store.snapshot import doc_from_updates
 
-__all__ = ["API", "OPENAPI", "DocumentsApi", "read_admin_token"]
+__all__ = ["API", "ROOM_DELETED", "DocumentsApi", "Gone", "read_admin_token"]
 
 #: Where the API lives.
 API = "/api/"
+#: The close code of a deleted room's peers.
+ROOM_DELETED = 4410
 _ROOMS = "/api/rooms"
 _PAGE = 100
 _SECONDS = re.compile(r"\d{1,12}(\.\d{1,9})?")
 _MAX_PAGE = 1000
-
-_ERROR = {
-    "type": "object",
-    "properties": {"error": {"type": "string"}},
-    "required": ["error"],
-}
-_ROOM = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string"},
-        "rows": {"type": "integer", "minimum": 0},
-        "bytes": {"type": "integer", "minimum": 0},
-        "last_change": {"type": ["number", "null"]},
-        "peers": {"type": "integer", "minimum": 0},
-    },
-    "required": ["name", "rows", "bytes", "last_change", "peers"],
-}
-_ROOM_PARAM = {
-    "name": "room",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "The room's name, one segment (/ as %2F).",
-}
-
-
-_AT_PARAM = {
-    "name": "at",
-    "in": "query",
-    "schema": {"type": "string"},
-    "description": "The document as it was then: Unix seconds or ISO 8601.",
-}
-_HISTORY = {
-    "type": "object",
-    "properties": {
-        "versions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "time": {"type": ["number", "null"]},
-                    "bytes": {"type": "integer", "minimum": 0},
-                },
-                "required": ["time", "bytes"],
-            },
-        },
-        "snapshot": {"type": "boolean"},
-    },
-    "required": ["versions", "snapshot"],
-}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(code): {
-            "description": http.HTTPStatus(code).phrase,
-            "content": {"application/json": {"schema": _ERROR}},
-        }
-        for code in codes
-    }
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "ysyncd documents", "version": "1"},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-    "security": [{"bearer": []}],
-    "paths": {
-        "/api/rooms": {
-            "get": {
-                "summary": "The rooms, by name, a page at a time (admin token).",
-                "parameters": [
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                    {"name": "after", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "A page of rooms.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "rooms": {"type": "array", "items": _ROOM},
-                                        "next": {"type": ["string", "null"]},
-                                    },
-                                    "required": ["rooms", "next"],
-                                }
-                            }
-                        },
-                    },
-                    **_errors(400, 401, 403, 503),
-                },
-            }
-        },
-        "/api/rooms/{room}": {
-            "get": {
-                "summary": "One room.",
-                "parameters": [_ROOM_PARAM],
-                "responses": {
-                    "200": {
-                        "description": "The room.",
-                        "content": {"application/json": {"schema": _ROOM}},
-                    },
-                    **_errors(400, 401, 403, 404, 503),
-                },
-            }
-        },
-        "/api/rooms/{room}/update": {
-            "get": {
-                "summary": "The document as one Yjs update, or the difference "
-                "from a state vector.",
-                "parameters": [
-                    _ROOM_PARAM,
-                    _AT_PARAM,
-                    {
-                        "name": "sv",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "A Yjs state vector, base64url.",
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "A Yjs update (v1).",
-                        "content": {"application/octet-stream": {}},
-                    },
-                    **_errors(400, 401, 403, 404, 410, 503),
-                },
-            }
-        },
-        "/api/rooms/{room}/restore": {
-            "post": {
-                "summary": "Bring the room back to a time, as a forward edit "
-                "every client merges; answered once it is durable.",
-                "parameters": [{**_AT_PARAM, "required": True}, _ROOM_PARAM],
-                "responses": {
-                    "200": {
-                        "description": "Restored (or nothing was newer).",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "restored": {"type": "boolean"},
-                                        "at": {"type": "number"},
-                                    },
-                                    "required": ["restored", "at"],
-                                }
-                            }
-                        },
-                    },
-                    **_errors(400, 401, 403, 404, 409, 410, 503),
-                },
-            }
-        },
-        "/api/rooms/{room}/history": {
-            "get": {
-                "summary": "The versions the store keeps, in commit order.",
-                "parameters": [_ROOM_PARAM],
-                "responses": {
-                    "200": {
-                        "description": "One version per stored row.",
-                        "content": {"application/json": {"schema": _HISTORY}},
-                    },
-                    **_errors(400, 401, 403, 404, 503),
-                },
-            }
-        },
-        "/api/rooms/{room}/json": {
-            "get": {
-                "summary": "The document as JSON.",
-                "parameters": [_ROOM_PARAM, _AT_PARAM],
-                "responses": {
-                    "200": {
-                        "description": "The document.",
-                        "content": {"application/json": {}},
-                    },
-                    **_errors(400, 401, 403, 404, 410, 503),
-                },
-            }
-        },
-    },
-}
 
 
 def read_admin_token(path: Path | None) -> bytes | None:
@@ -290,10 +103,12 @@ class DocumentsApi:
         path, _, query = request.path.partition("?")
         params = parse_qs(query, keep_blank_values=True)
         try:
-            if request.method == "POST" and path.startswith(_ROOMS + "/"):
+            if request.method in ("POST", "DELETE") and path.startswith(_ROOMS + "/"):
                 segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
-                if what == "restore":
+                if request.method == "POST" and what == "restore":
                     return await self._restore(conn, request, segment, params)
+                if request.method == "DELETE" and what == "":
+                    return await self._delete(conn, request, segment)
             if request.method != "GET":
                 return _json(conn, 405, {"error": f"{request.method} is not served"})
             if path == "/api/openapi.json":
@@ -354,6 +169,30 @@ class DocumentsApi:
             },
         )
 
+    async def _writer(self, request: Request, located: Located, what: str) -> None:
+        """Raise unless ``request`` may change the room (admin, or write)."""
+        if self._is_admin(request):
+            return
+        grant = await self.admitter.authorize(request, located.key)
+        if grant.read_only:
+            raise Forbidden(f"{what} needs write access")
+
+    async def _delete(
+        self, conn: ServerConnection, request: Request, segment: str
+    ) -> Response:
+        """``DELETE /api/rooms/{room}``: its peers are closed with 4410, then
+        its history is removed from the store."""
+        located = self.admitter.locate("/" + segment)
+        await self._writer(request, located, "deleting a room")
+        room = self.registry.remove(located.key)
+        if room is not None:
+            room.fail(ROOM_DELETED, "room deleted")
+            await _durable(room)  # nothing left to commit after the delete
+        existed = await self.committer.store.delete(located.key)
+        if not existed and room is None:
+            return _json(conn, 404, {"error": f"no room {located.name!r}"})
+        return _json(conn, 200, {"deleted": located.key})
+
     async def _restore(
         self,
         conn: ServerConnection,
@@ -365,10 +204,7 @@ class DocumentsApi:
         a forward edit (restore.py), applied like a client's update; 200 once
         it is durable (and so sent to every peer)."""
         located = self.admitter.locate("/" + segment)
-        if not self._is_admin(request):
-            grant = await self.admitter.authorize(request, located.key)
-            if grant.read_only:
-                raise Forbidden("restoring needs write access")
+        await self._writer(request, located, "restoring")
         if "at" not in params:
             raise BadRequest("restore needs ?at=TIME")
         moment = _moment(params["at"][0])

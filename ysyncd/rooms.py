@@ -135,6 +135,19 @@ class RoomRegistry:
             eviction.cancel()
         return room
 
+    def remove(self, key: str) -> Room | None:
+        """Take ``key`` out of memory now (its room is being deleted); the
+        next join loads it afresh. Returns the room, if it was loaded."""
+        room = self.rooms.get(key)
+        if room is not None:
+            self._drop(key)
+            if room.document is not None:
+                room.document.stop()  # a Jupyter room's file is left alone
+            eviction = self._evictions.pop(key, None)
+            if eviction is not None:
+                eviction.cancel()
+        return room
+
     def release(self, room: Room) -> None:
         """Stop counting one use; schedule eviction when nobody uses the room."""
         room.refs -= 1

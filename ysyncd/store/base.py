@@ -135,6 +135,10 @@ class UpdateStore(Protocol):
         """Every stored room, by name."""
         ...
 
+    async def delete(self, room: str) -> bool:
+        """Remove ``room``'s snapshot and log, atomically; whether it existed."""
+        ...
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         """Durably append ``(room, update)`` pairs, in order, in one transaction."""
         ...

@@ -51,6 +51,13 @@ class MemoryStore:
             for name in names
         ]
 
+    async def delete(self, room: str) -> bool:
+        found = room in self._logs or room in self._snapshots
+        self._logs.pop(room, None)
+        self._times.pop(room, None)
+        self._snapshots.pop(room, None)
+        return found
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         now = time.time()
         for room, update in batch:

@@ -251,6 +251,27 @@ class PostgresStore:
             for r in rows
         ]
 
+    async def delete(self, room: str) -> bool:
+        if self._read_only:
+            raise StoreError("the store was opened read-only")
+        try:
+            async with self._write_lock:
+                writer = await self._writer_connection()
+                async with writer.transaction():
+                    await writer.execute(
+                        f"DELETE FROM {SCHEMA}.updates WHERE room_id = "
+                        f"(SELECT id FROM {SCHEMA}.rooms WHERE name = $1)",
+                        room,
+                    )
+                    gone = await writer.fetchval(
+                        f"DELETE FROM {SCHEMA}.rooms WHERE name = $1 RETURNING id",
+                        room,
+                    )
+                self._room_ids.pop(room, None)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"deleting room {room!r} failed: {exc}") from exc
+        return gone is not None
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         if self._read_only:
             raise StoreError("the store was opened read-only")

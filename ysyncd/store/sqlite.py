@@ -253,6 +253,29 @@ class SQLiteStore:
             raise StoreError(f"listing the rooms failed: {exc}") from exc
         return [RoomSummary(str(n), int(r), int(b), t) for n, r, b, t in rows]
 
+    async def delete(self, room: str) -> bool:
+        try:
+            async with self._write_lock:
+                db = self._db
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    await db.execute(
+                        "DELETE FROM updates WHERE room_id = "
+                        "(SELECT id FROM rooms WHERE name = ?)",
+                        (room,),
+                    )
+                    gone = await db.execute_fetchall(
+                        "DELETE FROM rooms WHERE name = ? RETURNING id", (room,)
+                    )
+                    await db.commit()
+                except BaseException:
+                    await db.rollback()
+                    raise
+                self._room_ids.pop(room, None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"deleting room {room!r} failed: {exc}") from exc
+        return bool(list(gone))
+
     async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
         # The lock keeps an append out of a compaction's open transaction,
         # where it would look committed before the transaction is.
