@@ -29,7 +29,7 @@ from tests.serverproc import ServerProcess
 from tests.subprocs import free_port
 from tests.timing import scaled
 
-__all__ = ["EventStream", "Stack", "ecosystem"]
+__all__ = ["EventStream", "SamePortJupyter", "Session", "Stack", "ecosystem"]
 
 REPO = Path(__file__).parent.parent
 

@@ -47,6 +47,7 @@ from tests.jupyterclient import (
     state_of,
 )
 from tests.jupyterproc import JupyterServer, file_args, viewer_config
+from tests.jupyterstack import SamePortJupyter
 from tests.serverproc import ServerProcess
 from tests.subprocs import free_port
 from tests.timing import scaled
@@ -71,20 +72,6 @@ RECHECK_S = 0.3
 
 
 # --- the two servers ------------------------------------------------------------------
-
-
-class SamePortJupyter(JupyterServer):
-    """A JupyterServer whose restart keeps its port, config, data and token:
-    ysyncd's ``--jupyter-url`` points at it."""
-
-    async def restart(self, timeout: float = 30) -> None:
-        await self.kill()
-        await self._spawn()
-        try:
-            await self._wait_ready(timeout)
-        except BaseException:
-            await self.kill()
-            raise
 
 
 @dataclass

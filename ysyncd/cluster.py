@@ -43,7 +43,8 @@ from ysyncd.backplane.messages import (
     Verdict,
 )
 from ysyncd.errors import BackplaneError, StoreError
-from ysyncd.room import Room, RoomFailed
+from ysyncd.room import Room
+from ysyncd.roomtypes import RoomFailed
 from ysyncd.stats import Stats
 
 __all__ = ["NODE_TIMEOUT", "Backplane", "Cluster", "Lease", "open_cluster"]

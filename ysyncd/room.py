@@ -25,7 +25,7 @@ is unchanged, and each peer gets a few at once, then one every two seconds:
 further requests are merged into one, answered at the next tick.
 
 The room knows nothing about sockets: a peer is anything with ``send``,
-``refuse_write`` and ``read_only`` (see :class:`PeerLike`).
+``refuse_write`` and ``read_only`` (see ``PeerLike`` in roomtypes.py).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pycrdt import Doc, Subscription, TransactionEvent
 
@@ -62,9 +62,10 @@ from ysyncd.protocol import (
     encode,
     encode_update,
 )
+from ysyncd.roomtypes import FanOut, PeerLike, RoomDocument, RoomFailed, send_each
 from ysyncd.updates import Shape, shape_of
 
-__all__ = ["PeerLike", "Room", "RoomDocument", "RoomFailed"]
+__all__ = ["Room"]
 
 log = logging.getLogger("ysyncd.room")
 
@@ -73,64 +74,7 @@ _EMPTY_UPDATE = b"\x00\x00"
 _ANSWERS_KEPT = 2
 
 
-class RoomFailed(Exception):
-    """The room gave up (see :meth:`Room.fail`); its peers must reconnect."""
-
-
-class RoomDocument(Protocol):
-    """A room's companion that keeps it in step with a file (Jupyter rooms)."""
-
-    #: True once the file is gone; new connections are turned away.
-    gone: bool
-
-    async def save(self) -> str:
-        """Save now; "success", "skipped" or "failed" (Jupyter's statuses)."""
-        ...
-
-    async def save_if_changed(self) -> None:
-        """Save the document if it differs from the file (before eviction)."""
-        ...
-
-    def stop(self) -> None:
-        """Stop watching the file; the room has been evicted."""
-        ...
-
-    def rebind(self, doc: Doc[Any]) -> None:
-        """Follow the room to a rebuilt doc."""
-        ...
-
-
-class PeerLike(Protocol):
-    """What a room needs from a connection."""
-
-    @property
-    def read_only(self) -> bool: ...
-
-    def send(self, frame: bytes) -> None:
-        """Queue a frame without blocking (a slow peer is closed, not waited on)."""
-        ...
-
-    def refuse_write(self, reason: str) -> None:
-        """Tell the peer, in its dialect, that its write was not applied."""
-        ...
-
-    def close(self, code: int, reason: str) -> None:
-        """Start closing the connection; further sends are dropped."""
-        ...
-
-
 Tainted = Callable[["Room"], None]
-#: Sends one message to many peers; transports can serialise it once.
-#: Sends messages, in order, to many peers; transports can serialise them once
-#: and write them together.
-FanOut = Callable[[Iterable[Any], Sequence[bytes]], None]
-
-
-def send_each(peers: Iterable[PeerLike], messages: Sequence[bytes]) -> None:
-    """The plain fan-out: one ``send`` per peer and message."""
-    for peer in peers:
-        for message in messages:
-            peer.send(message)
 
 
 _Held = tuple[int, PeerLike | None, bytes, bytes | None]

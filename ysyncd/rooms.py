@@ -44,7 +44,8 @@ from ysyncd.commits import Committer
 from ysyncd.errors import StoreError, YsyncdError
 from ysyncd.integrate import UpdatePolicy, apply_pieces
 from ysyncd.presence import AwarenessPolicy
-from ysyncd.room import FanOut, Room, send_each
+from ysyncd.room import Room
+from ysyncd.roomtypes import FanOut, send_each
 from ysyncd.store import StoredRoom
 from ysyncd.store.snapshot import doc_from_updates, prepare
 from ysyncd.worker import Worker

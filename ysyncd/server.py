@@ -54,8 +54,9 @@ from ysyncd.keepalive import DrainWatch, Keepalive
 from ysyncd.peer import BACKLOG_BYTES, Peer, close_code_for, close_reason, fan_out
 from ysyncd.presence import AwarenessPolicy
 from ysyncd.protocol import coalesce
-from ysyncd.room import Room, RoomFailed
+from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry
+from ysyncd.roomtypes import RoomFailed
 from ysyncd.routes import FILES_CHANGED, HISTORY, Routes
 from ysyncd.stats import Stats
 from ysyncd.store import is_postgres_url, open_store

@@ -43,7 +43,8 @@ from ysyncd.errors import YsyncdError
 from ysyncd.jupyter import documents
 from ysyncd.jupyter.files import BadFile, FileGone, Files, FileState
 from ysyncd.jupyter.roomids import Target
-from ysyncd.room import Room, RoomFailed
+from ysyncd.room import Room
+from ysyncd.roomtypes import RoomFailed
 
 __all__ = ["FileBinding", "SaveStatus", "Target"]
 
