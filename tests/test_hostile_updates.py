@@ -132,7 +132,8 @@ async def test_compacting_and_loading_a_big_room_never_stalls_other_rooms(
     room = rooms("big")
     async with probing(hostile, rooms("probe")) as probe:
         text = await big_room(hostile, room, structs=1_200_000)
-        async with YClient.connect(hostile.url, room) as writer:
+        # Its sync step 2 carries 1.2M structs, built in the worker process.
+        async with YClient.connect(hostile.url, room, sync_timeout=60) as writer:
             for i in range(1_000):
                 writer.text.insert(len(writer.text), str(i % 10))
             await writer.wait_confirmed(timeout=60)

@@ -57,9 +57,11 @@ class YClient:
         *,
         doc: Doc | None = None,
         sync: bool = True,
+        sync_timeout: float = 10,
         **options: Any,
     ) -> AsyncIterator[YClient]:
-        """Connect to ``url/room``, sync, and close on exit.
+        """Connect to ``url/room``, sync (within ``sync_timeout`` s, scaled),
+        and close on exit.
 
         ``options`` go to websockets' ``connect`` (``ssl``, ``additional_headers``).
         """
@@ -75,7 +77,9 @@ class YClient:
             await ws.send(protocol.encode(protocol.SyncStep1(client.doc.get_state())))
             try:
                 if sync:
-                    await client.wait(client.synced.is_set, "initial sync")
+                    await client.wait(
+                        client.synced.is_set, "initial sync", sync_timeout
+                    )
                 yield client
             finally:
                 client._reader.cancel()
