@@ -191,7 +191,9 @@ async def _edit_and_measure(db: Path, compact_after: int) -> tuple[dict, int, in
             for i in range(1000):
                 a.text.insert(len(a.text), "y")
                 a.map["counter"] = i
-            await a.wait_confirmed(timeout=30)
+            # 2,000 durable commits (synchronous=FULL): tens of seconds on a
+            # slow disk.
+            await a.wait_confirmed(timeout=90)
             expected = a.content()
         assert await server.stop() == 0
         await server.start()
