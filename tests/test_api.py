@@ -23,7 +23,7 @@ from tests.serverproc import ServerProcess, running_server
 from tests.test_auth import ALICE, VIEWER, token_file  # noqa: F401 - fixture
 from tests.yclient import YClient
 from ysyncd.api import ROOM_DELETED, Gone, _as_of
-from ysyncd.store.base import StoredRoom
+from ysyncd.store.base import History
 
 ADMIN = secrets.token_hex(24)
 
@@ -178,12 +178,16 @@ async def test_history_and_the_document_as_it_was(server: ServerProcess) -> None
     ).status_code == 400
 
 
-def test_history_before_a_compaction_is_gone() -> None:
-    snapshot = StoredRoom([b"snap", b"row"], 1, 4, [None, 1000.0])
+def test_history_before_what_is_kept_is_gone() -> None:
+    """Pure: a moment before the history's start is 410; after it, the base
+    and the rows committed by then."""
+    kept = History([b"base", b"row"], [None, 1000.0], [None, "ann"], 990.0, True)
     with pytest.raises(Gone):
-        _as_of(snapshot, 999.0)
-    assert _as_of(snapshot, 1000.0) == [b"snap", b"row"]
-    assert _as_of(StoredRoom([b"a", b"b"], 2, 0, [5.0, 6.0]), 5.5) == [b"a"]
+        _as_of(kept, 989.0)
+    assert _as_of(kept, 995.0) == [b"base"]
+    assert _as_of(kept, 1000.0) == [b"base", b"row"]
+    whole = History([b"a", b"b"], [5.0, 6.0], ["x", "y"], None)
+    assert _as_of(whole, 5.5) == [b"a"]
 
 
 async def test_deleting_a_room_closes_its_peers_and_removes_its_history(

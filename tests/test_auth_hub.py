@@ -188,7 +188,7 @@ async def refusals(server: ServerProcess) -> dict[str, int]:
     assert resp.status_code == 200
     prefix = 'ysyncd_auth_refusals_total{status="'
     return {
-        line[len(prefix) :].partition('"')[0]: int(line.rpartition(" ")[2])
+        line[len(prefix) :].partition('"')[0]: int(float(line.rpartition(" ")[2]))
         for line in resp.text.splitlines()
         if line.startswith(prefix)
     }

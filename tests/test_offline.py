@@ -193,9 +193,18 @@ async def test_backup_verify_and_migrate(tmp_path: Path, pg_url: str) -> None:
     async with running_server(db) as server:
         seen = await edit(server, "kept", "in the backup")
         await edit(server, "second", "room")
-        # A consistent copy while the server runs, checked by content.
-        status, out, err = await ysyncd("backup", str(copy), "--db", str(db))
-        assert status == 0, err
+        # A consistent copy while the server runs and a client edits: the
+        # copy holds every edit confirmed before it began, and opens clean.
+        async with YClient.connect(server.url, "busy") as busy:
+            before = ""
+            for i in range(30):
+                busy.text.insert(len(busy.text), f"{i} ")
+            await busy.wait_confirmed()
+            before = str(busy.text)
+            editing = asyncio.create_task(keep_editing(busy, 200))
+            status, out, err = await ysyncd("backup", str(copy), "--db", str(db))
+            await editing
+            assert status == 0, err
         status, _, err = await ysyncd("backup", str(copy), "--db", str(db))
         assert status == 1 and "never overwrites" in err
     exported = tmp_path / "kept.update"
@@ -204,25 +213,67 @@ async def test_backup_verify_and_migrate(tmp_path: Path, pg_url: str) -> None:
     )
     assert status == 0, err
     assert content_of(exported.read_bytes()) == seen
+    busy_copy = tmp_path / "busy.update"
+    status, _, err = await ysyncd(
+        "export", "busy", "--db", str(copy), "-o", str(busy_copy)
+    )
+    assert status == 0, err
+    assert content_of(busy_copy.read_bytes())["text"].startswith(before)
 
     status, out, err = await ysyncd("verify", "--db", str(copy))
     assert status == 0, err
     # A row that is not an update: verify names its room and exits 1.
+    planted = bytes.fromhex("0102030405")
     with sqlite3.connect(copy) as conn:
         conn.execute(
-            "UPDATE updates SET data = x'0102030405' WHERE id = "
+            "UPDATE updates SET data = ? WHERE id = "
             "(SELECT max(u.id) FROM updates u JOIN rooms r ON r.id = u.room_id "
-            "WHERE r.name = 'second')"
+            "WHERE r.name = 'second')",
+            (planted,),
         )
     conn.close()
     status, _, err = await ysyncd("verify", "--db", str(copy))
     assert status == 1
     assert "room 'second'" in err and "room 'kept'" not in err
+    # --repair moves it aside, into the quarantine table, and the room loads.
+    status, out, err = await ysyncd("verify", "--repair", "--db", str(copy))
+    assert status == 0, err
+    assert "room 'second': quarantined row" in err
+    with sqlite3.connect(copy) as conn:
+        kept_aside = conn.execute("SELECT room, data FROM quarantine").fetchall()
+    conn.close()
+    assert kept_aside == [("second", planted)]
+    status, _, err = await ysyncd("verify", "--db", str(copy))
+    assert status == 0, err
+    status, _, err = await ysyncd(
+        "export", "kept", "--db", str(copy), "-o", str(exported)
+    )
+    assert status == 0, err
+    assert content_of(exported.read_bytes()) == seen
 
-    # Every room into PostgreSQL, verified by content there and here.
+    # Every room into PostgreSQL and back into a new file, verified by
+    # content there and here.
     status, out, err = await ysyncd("migrate", "--from", str(db), "--to", pg_url)
     assert status == 0, err
-    assert "copied 2 rooms" in out
+    assert "copied 3 rooms" in out
     status, _, err = await ysyncd("export", "kept", "--db", pg_url, "-o", str(exported))
     assert status == 0, err
     assert content_of(exported.read_bytes()) == seen
+    back = tmp_path / "back.db"
+    status, out, err = await ysyncd("migrate", "--from", pg_url, "--to", str(back))
+    assert status == 0, err
+    for room in ("kept", "second", "busy"):
+        here, there = tmp_path / "here.update", tmp_path / "there.update"
+        for source, target in ((db, here), (back, there)):
+            status, _, err = await ysyncd(
+                "export", room, "--db", str(source), "-o", str(target)
+            )
+            assert status == 0, err
+        assert content_of(there.read_bytes()) == content_of(here.read_bytes())
+
+
+async def keep_editing(client: YClient, count: int) -> None:
+    """``count`` confirmed edits, one after another."""
+    for i in range(count):
+        client.text.insert(len(client.text), f"+{i}")
+        await client.wait_confirmed()

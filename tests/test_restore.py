@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from pycrdt import Doc, Map, Text
 
@@ -81,6 +82,49 @@ async def test_restore_brings_every_client_back_and_can_be_undone(
             )
         async with YClient.connect(server.url, "story") as fresh:
             assert fresh.content() == latest
+
+
+async def test_restore_reaches_back_past_compactions(tmp_path: Path) -> None:
+    """Compactions fold the log every 10 rows; the rows they fold stay in the
+    room's history, so a moment before several of them is still read
+    (``?at=``) and restored exactly."""
+    async with (
+        running_server(tmp_path / "c.db", "--compact-after", "10") as server,
+        YClient.connect(server.url, "log") as client,
+    ):
+        client.text.insert(0, "early words")
+        client.map["state"] = "draft"
+        await client.wait_confirmed()
+        then = client.content()
+        moment = await last_commit(server, "log")
+        for i in range(60):
+            client.text.insert(len(client.text), f" {i}")
+            client.map[f"k{i % 5}"] = i
+            if i % 7 == 0:
+                del client.text[0:2]
+            await client.wait_confirmed()
+        later = client.content()
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+            base = f"{server.http_url}/api/rooms/log"
+            with anyio.fail_after(scaled(30)):
+                # Compactions run behind the commits: wait for them to fold
+                # most rows out of the log.
+                while (await http.get(base)).json()["rows"] >= 60:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            history = (await http.get(f"{base}/history")).json()
+            as_of = await http.get(f"{base}/update", params={"at": repr(moment)})
+        assert len(history["versions"]) >= 120  # the folded rows are kept
+        assert as_of.status_code == 200
+        old: Doc = Doc()
+        old.apply_update(as_of.content)
+        assert str(old.get("text", type=Text)) == then["text"]
+        assert old.get("map", type=Map).to_py() == then["map"]
+
+        assert (await restore(server, "log", moment))["restored"] is True
+        await client.wait(lambda: client.content() == then, "the restored content")
+        async with YClient.connect(server.url, "log") as fresh:
+            assert fresh.content() == then
+        assert later != then
 
 
 def test_a_restore_is_a_forward_edit_checked_by_content() -> None:

@@ -31,11 +31,15 @@ class GatedStore(MemoryStore):
         self.gate.set()
         self.blocked = asyncio.Event()
 
-    async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+    async def append(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None] | None = None,
+    ) -> None:
         if not self.gate.is_set():
             self.blocked.set()
             await self.gate.wait()
-        await super().append(batch)
+        await super().append(batch, authors)
 
     async def wait_blocked(self) -> None:
         """Return once a commit is held at the closed gate."""
@@ -46,6 +50,7 @@ class GatedStore(MemoryStore):
 class FakePeer:
     def __init__(self, read_only: bool = False) -> None:
         self.read_only = read_only
+        self.user: str | None = None
         self.frames: list[bytes] = []
 
     def send(self, frame: bytes) -> None:

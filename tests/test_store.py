@@ -19,7 +19,9 @@ from pycrdt import Array, Doc, Map, Text, TransactionEvent
 from tests.services import PostgresServer
 from ysyncd.errors import SchemaError, StoreError
 from ysyncd.store import MemoryStore, SQLiteStore, UpdateStore, open_store
+from ysyncd.store.postgres import PostgresStore
 from ysyncd.store.snapshot import build_snapshot, doc_from_updates, prepare
+from ysyncd.store.sqlite import SCHEMA_VERSION
 
 
 def content(updates: list[bytes]) -> dict[str, object]:
@@ -105,6 +107,167 @@ async def store(
         yield s
     finally:
         await s.aclose()
+
+
+async def test_rows_keep_their_authors_through_a_compaction(
+    store: UpdateStore,
+) -> None:
+    """Each row keeps the user who wrote it; a compaction's snapshot has none,
+    and the rows it keeps beside it keep theirs."""
+    updates = edits(6, 4)
+    authors = [("ann", "bo", None, "cy")[i % 4] for i in range(len(updates))]
+    await store.append([("a", u) for u in updates], authors)
+    loaded = await store.load("a")
+    assert loaded.authors == authors
+    assert content(loaded.updates) == content(updates)
+    await store.compact("a")
+    after = await store.load("a")
+    assert after.authors[0] is None  # the snapshot
+    assert content(after.updates) == content(updates)
+    with pytest.raises((ValueError, StoreError)):
+        await store.append([("a", updates[0])], ["one", "too many"])
+
+
+async def test_quarantine_moves_bad_rows_aside_and_the_room_loads(
+    store: UpdateStore,
+) -> None:
+    """Rows the judge faults leave the log in one step (kept, never deleted);
+    the good rows load as before, in order, with their authors."""
+    good = edits(5, 6)
+    names = [f"user{i}" for i in range(len(good))]
+    bad = b"\x01\x02\x03\x04\x05"
+    await store.append([("q", u) for u in good[:3]], names[:3])
+    await store.append([("q", bad)], ["mallory"])
+    await store.append([("q", u) for u in good[3:]], names[3:])
+    await store.append([("other", bad)])
+
+    def judge(data: bytes) -> str | None:
+        return "planted" if data == bad else None
+
+    moved = await store.quarantine("q", judge)
+    assert len(moved) == 1 and moved[0].endswith(": planted")
+    loaded = await store.load("q")
+    assert loaded.updates == good
+    assert loaded.authors == names
+    assert content(loaded.updates) == content(good)
+    assert (await store.load("other")).updates == [bad]  # another room: untouched
+    assert await store.quarantine("q", judge) == []
+
+
+class Clock:
+    """The time a store's compactions go by, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def timed_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[UpdateStore, Clock]]:
+    """A store with 7 days of history, on a clock the test moves."""
+    clock = Clock()
+    s: UpdateStore
+    if request.param == "memory":
+        s = MemoryStore(clock=clock)
+    elif request.param == "sqlite":
+        s = await SQLiteStore.open(tmp_path / "h.db", clock=clock)
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = await server.create_database(f"store_{next(_databases)}")
+        s = await PostgresStore.open(url, clock=clock)
+    try:
+        yield s, clock
+    finally:
+        await s.aclose()
+
+
+async def stamp(
+    store: UpdateStore, clock: Clock, room: str, updates: list[bytes]
+) -> float:
+    """Append ``updates`` a minute on; return their commit time."""
+    clock.now += 60
+    await store.append([(room, u) for u in updates], ["w"] * len(updates))
+    times = (await store.load(room)).times
+    assert times[-1] == clock.now
+    return clock.now
+
+
+async def test_history_rebuilds_any_moment_across_compactions(
+    timed_store: tuple[UpdateStore, Clock],
+) -> None:
+    """Rows folded by compactions stay in the history: the document at each
+    commit is the base and the rows committed by then, before and after
+    every compaction; and the history ends at the document as it is."""
+    store, clock = timed_store
+    every = edits(30, 7)
+    parts = [every[:10], every[10:20], every[20:]]
+    moments = []
+    for part in parts:
+        moments.append(await stamp(store, clock, "h", part))
+        clock.now += 86400  # compactions a day apart: each keeps a checkpoint
+        await store.compact("h")
+    for moment, upto in zip(moments, (10, 20, len(every)), strict=True):
+        history = await store.history("h", moment)
+        rows = [
+            u
+            for t, u in zip(history.times, history.updates, strict=True)
+            if t is None or t <= moment
+        ]
+        assert content(rows) == content(every[:upto]), upto
+    whole = await store.history("h")
+    assert content(whole.updates) == content(every)
+    assert whole.since is None
+    assert [a for a in whole.authors[1 if whole.based else 0 :]] == ["w"] * len(
+        whole.authors[1 if whole.based else 0 :]
+    )
+
+
+async def test_history_past_retention_is_thinned_to_one_checkpoint(
+    timed_store: tuple[UpdateStore, Clock],
+) -> None:
+    """A week and more later, a compaction thins the history to the
+    checkpoint at its edge: older moments are gone (``since``), the edge and
+    everything after it still rebuild, and the document is whole."""
+    store, clock = timed_store
+    every = edits(20, 8)
+    early = await stamp(store, clock, "t", every[:10])
+    clock.now += 60
+    await store.compact("t")  # checkpoint 1, at the clock's now
+    edge = clock.now
+    clock.now += 8 * 86400  # past the 7-day retention
+    await stamp(store, clock, "t", every[10:])
+    await store.compact("t")  # checkpoint 2; thins everything before edge
+    history = await store.history("t", clock.now)
+    assert history.since == edge
+    assert early < edge
+    assert content(history.updates) == content(every)
+    oldest = await store.history("t")
+    assert oldest.based
+    assert content(oldest.updates) == content(every)
+    assert content((await store.load("t")).updates) == content(every)
+
+
+async def test_no_history_keeps_the_present_only(tmp_path: Path) -> None:
+    """With no retention, a compaction folds the rows away for good: the
+    history begins at it."""
+    clock = Clock()
+    store = await SQLiteStore.open(
+        tmp_path / "none.db", history_retention=0, clock=clock
+    )
+    try:
+        every = edits(10, 9)
+        await stamp(store, clock, "n", every)
+        clock.now += 60
+        await store.compact("n")
+        history = await store.history("n")
+        assert history.since == clock.now
+        assert history.based and content(history.updates) == content(every)
+    finally:
+        await store.aclose()
 
 
 async def test_append_then_load_round_trips_content(store: UpdateStore) -> None:
@@ -224,7 +387,7 @@ async def test_sqlite_persists_across_reopen_with_same_epoch(tmp_path: Path) -> 
         await second.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 async def test_sqlite_version_1_gains_commit_times(tmp_path: Path) -> None:
@@ -258,10 +421,12 @@ async def test_sqlite_version_1_gains_commit_times(tmp_path: Path) -> None:
     try:
         assert store.epoch == "e1"
         before = time.time()
-        await store.append([("r", u) for u in new])
+        who = [("ann", None, "bo")[i % 3] for i in range(len(new))]
+        await store.append([("r", u) for u in new], who)
         loaded = await store.load("r")
         assert content(loaded.updates) == content(old + new)
         assert loaded.times[:5] == [None] * 5
+        assert loaded.authors == [None] * len(old) + who
         assert all(
             t is not None and before <= t <= time.time() for t in loaded.times[5:]
         )
@@ -279,9 +444,10 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 async def test_sqlite_compaction_shrinks_the_file(tmp_path: Path) -> None:
-    """Compaction hands freed pages back to the file system."""
+    """Compaction without a history hands freed pages back to the file
+    system (with one, thinning does; see the history tests)."""
     path = tmp_path / "shrink.db"
-    store = await SQLiteStore.open(path)
+    store = await SQLiteStore.open(path, history_retention=0)
     try:
         await store.append([("r", u) for u in edits(3000)])
         with sqlite3.connect(path) as db:

@@ -126,8 +126,8 @@ async def test_a_second_node_without_a_backplane_is_refused(pg_url: str) -> None
 
 
 async def test_schema_1_gains_commit_times(pg_url: str) -> None:
-    """A database of schema 1 is migrated: its rows stay, without a time;
-    rows committed afterwards carry theirs (for the history)."""
+    """A database of schema 1 is migrated: its rows stay, without a time or
+    author; rows committed afterwards carry theirs (for the history)."""
     every = edits(8)
     store = await open_store(pg_url)
     await store.append([("r", u) for u in every[:5]])
@@ -135,6 +135,13 @@ async def test_schema_1_gains_commit_times(pg_url: str) -> None:
     raw = await asyncpg.connect(pg_url)
     try:  # back to schema 1, as an older ysyncd left it
         await raw.execute(f"ALTER TABLE {SCHEMA}.updates DROP COLUMN time")
+        await raw.execute(f"ALTER TABLE {SCHEMA}.updates DROP COLUMN author")
+        await raw.execute(f"DROP TABLE {SCHEMA}.quarantine")
+        await raw.execute(f"DROP TABLE {SCHEMA}.history")
+        await raw.execute(f"DROP TABLE {SCHEMA}.checkpoints")
+        await raw.execute(
+            f"ALTER TABLE {SCHEMA}.rooms DROP COLUMN generation, DROP COLUMN kept_since"
+        )
         await raw.execute(
             f"UPDATE {SCHEMA}.meta SET value = '1' WHERE key = 'schema_version'"
         )
@@ -143,10 +150,12 @@ async def test_schema_1_gains_commit_times(pg_url: str) -> None:
     store = await open_store(pg_url)
     try:
         before = time.time()
-        await store.append([("r", u) for u in every[5:]])
+        who = [("ann", None, "bo")[i % 3] for i in range(len(every) - 5)]
+        await store.append([("r", u) for u in every[5:]], who)
         loaded = await store.load("r")
         assert content(loaded.updates) == content(every)
         assert loaded.times[:5] == [None] * 5
+        assert loaded.authors == [None] * 5 + who
         assert all(
             t is not None and before <= t <= time.time() for t in loaded.times[5:]
         )

@@ -1,4 +1,4 @@
-"""Documents over HTTP, under ``/api/``: the reading half.
+"""Documents over HTTP, under ``/api/``.
 
 - ``GET /api/openapi.json``: this API, as OpenAPI 3.1.
 - ``GET /api/rooms?limit=&after=``: the stored rooms and those in memory,
@@ -9,6 +9,10 @@
   or, with a state vector (base64url), what a peer holding it lacks.
 - ``GET /api/rooms/{room}/json``: the document as JSON (see rendering.py;
   a Jupyter room as its file's content).
+- ``POST /api/rooms/{room}/update``: apply the body, a Yjs update (v1);
+  200 once durable and sent to the peers; 400 when it cannot be applied
+  (nothing stored), 413 over --max-message-bytes, 422 over a shape limit.
+- ``POST /api/rooms/{room}/restore?at=``, ``DELETE /api/rooms/{room}``.
 
 ``{room}`` is one path segment: a room name with ``/`` in it is sent with
 ``%2F``. Access: the admin token (``--admin-token-file``, as ``Authorization:
@@ -24,7 +28,6 @@ import base64
 import binascii
 import datetime
 import hmac
-import http
 import json
 import re
 from functools import partial
@@ -34,16 +37,19 @@ from urllib.parse import parse_qs
 
 import anyio
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ysyncd.admission import Admitter, Located
+from ysyncd.bodies import request_body
 from ysyncd.commits import Committer
 from ysyncd.errors import (
     AuthError,
     BadRequest,
     Forbidden,
+    InvalidUpdate,
+    PolicyViolation,
     StoreError,
+    TooLarge,
     Unauthorized,
 )
 from ysyncd.jupyter.files import FileError
@@ -52,17 +58,28 @@ from ysyncd.openapi import OPENAPI
 from ysyncd.rendering import document_json, jupyter_json
 from ysyncd.restore import RestoreFailed, restoring_update
 from ysyncd.room import Room
-from ysyncd.rooms import RoomRegistry
+from ysyncd.rooms import RoomRegistry, Setup
+from ysyncd.roomtypes import RoomFailed
+from ysyncd.routes import respond
 from ysyncd.stats import Stats
-from ysyncd.store.base import RoomSummary, StoredRoom
+from ysyncd.store.base import History, RoomSummary
 from ysyncd.store.snapshot import doc_from_updates
 
-__all__ = ["API", "ROOM_DELETED", "DocumentsApi", "Gone", "read_admin_token"]
+__all__ = [
+    "API",
+    "ROOM_DELETED",
+    "DocumentsApi",
+    "Gone",
+    "is_admin",
+    "read_admin_token",
+]
 
 #: Where the API lives.
 API = "/api/"
 #: The close code of a deleted room's peers.
 ROOM_DELETED = 4410
+#: The author stored with what the admin token writes.
+ADMIN_USER = "admin"
 _ROOMS = "/api/rooms"
 _PAGE = 100
 _SECONDS = re.compile(r"\d{1,12}(\.\d{1,9})?")
@@ -84,6 +101,17 @@ def read_admin_token(path: Path | None) -> bytes | None:
     return token
 
 
+def is_admin(token: bytes | None, request: Request) -> bool:
+    """Whether ``request`` presents ``token`` (compared in constant time)."""
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return (
+        token is not None
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(value.strip().encode(), token)
+    )
+
+
 class Gone(Exception):
     """What was asked for is no longer kept (410)."""
 
@@ -102,27 +130,38 @@ class DocumentsApi:
     async def _api(self, conn: ServerConnection, request: Request) -> Response:
         path, _, query = request.path.partition("?")
         params = parse_qs(query, keep_blank_values=True)
+        allowed = _methods(path)
+        if allowed is None:
+            return _json(conn, 404, {"error": "no such endpoint"})
+        if request.method not in allowed:
+            refused = _json(conn, 405, {"error": f"{request.method} is not served"})
+            refused.headers["Allow"] = ", ".join(allowed)
+            return refused
+        segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
         try:
-            if request.method in ("POST", "DELETE") and path.startswith(_ROOMS + "/"):
-                segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
-                if request.method == "POST" and what == "restore":
+            match request.method, what:
+                case "POST", "restore":
                     return await self._restore(conn, request, segment, params)
-                if request.method == "DELETE" and what == "":
+                case "POST", "update":
+                    return await self._post_update(conn, request, segment)
+                case "DELETE", "":
                     return await self._delete(conn, request, segment)
-            if request.method != "GET":
-                return _json(conn, 405, {"error": f"{request.method} is not served"})
             if path == "/api/openapi.json":
                 return _json(conn, 200, OPENAPI)
             if path == _ROOMS:
                 return await self._list(conn, request, params)
-            if path.startswith(_ROOMS + "/"):
-                segment, _, what = path[len(_ROOMS) + 1 :].partition("/")
-                return await self._room(conn, request, segment, what, params)
+            return await self._room(conn, request, segment, what, params)
         except AuthError as exc:
             self.stats.refused(exc.status, f"api {path!r}: {exc}")
             return _json(conn, exc.status, {"error": str(exc)})
-        except BadRequest as exc:
+        except (BadRequest, InvalidUpdate) as exc:
             return _json(conn, 400, {"error": str(exc)})
+        except PolicyViolation as exc:
+            return _json(conn, 422, {"error": str(exc)})
+        except TooLarge as exc:
+            return _json(conn, 413, {"error": str(exc)})
+        except RoomFailed as exc:
+            return _json(conn, 503, {"error": str(exc)})
         except Gone as exc:
             return _json(conn, 410, {"error": str(exc)})
         except RestoreFailed as exc:
@@ -134,14 +173,7 @@ class DocumentsApi:
         return _json(conn, 404, {"error": "no such endpoint"})
 
     def _is_admin(self, request: Request) -> bool:
-        token = self.admin_token
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        return (
-            token is not None
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(value.strip().encode(), token)
-        )
+        return is_admin(self.admin_token, request)
 
     async def _list(
         self, conn: ServerConnection, request: Request, params: dict[str, list[str]]
@@ -169,13 +201,15 @@ class DocumentsApi:
             },
         )
 
-    async def _writer(self, request: Request, located: Located, what: str) -> None:
-        """Raise unless ``request`` may change the room (admin, or write)."""
+    async def _writer(self, request: Request, located: Located, what: str) -> str:
+        """Who writes, unless ``request`` may not change the room (admin, or
+        a grant to write, may)."""
         if self._is_admin(request):
-            return
+            return ADMIN_USER
         grant = await self.admitter.authorize(request, located.key)
         if grant.read_only:
             raise Forbidden(f"{what} needs write access")
+        return grant.user
 
     async def _delete(
         self, conn: ServerConnection, request: Request, segment: str
@@ -193,6 +227,38 @@ class DocumentsApi:
             return _json(conn, 404, {"error": f"no room {located.name!r}"})
         return _json(conn, 200, {"deleted": located.key})
 
+    async def _post_update(
+        self, conn: ServerConnection, request: Request, segment: str
+    ) -> Response:
+        """``POST /api/rooms/{room}/update``: the body, a Yjs update (v1), is
+        applied like a client's; 200 once it is durable, and so sent to every
+        peer. One that cannot be applied gets 400, and nothing is stored."""
+        located = self.admitter.locate("/" + segment)
+        author = await self._writer(request, located, "writing")
+        update = request_body(conn)
+        registry, setup = self._registry_for(located)
+        room = await registry.acquire(located.key, setup)
+        try:
+            await room.settle()
+            before = room.doc.get_state()
+            pending = room.apply(update, author=author)
+            if pending is not None:
+                await pending
+            await _durable(room)
+            changed = room.doc.get_state() != before
+        finally:
+            registry.release(room)
+        return _json(conn, 200, {"room": located.key, "changed": changed})
+
+    def _registry_for(self, located: Located) -> tuple[RoomRegistry, Setup | None]:
+        """Where ``located``'s room lives, and how a Jupyter one is set up."""
+        route = located.route
+        if route is None:
+            return self.registry, None
+        if route.target is None:
+            raise BadRequest("a transient room is not served over HTTP")
+        return self.registry, self.jupyter.setup(route.target)
+
     async def _restore(
         self,
         conn: ServerConnection,
@@ -204,33 +270,35 @@ class DocumentsApi:
         a forward edit (restore.py), applied like a client's update; 200 once
         it is durable (and so sent to every peer)."""
         located = self.admitter.locate("/" + segment)
-        await self._writer(request, located, "restoring")
+        author = await self._writer(request, located, "restoring")
         if "at" not in params:
             raise BadRequest("restore needs ?at=TIME")
         moment = _moment(params["at"][0])
-        registry, setup, skip = self.registry, None, frozenset[str]()
-        route = located.route
-        if route is not None:
-            if route.target is None:
-                raise BadRequest("a transient room keeps no history")
-            setup = self.jupyter.setup(route.target)
-            skip = frozenset({"state"})  # the file binding's: path, hash, dirty
-        stored = await self.committer.store.load(located.key)
-        if not stored.updates:
+        registry, setup = self._registry_for(located)
+        # A Jupyter room's state (path, hash, dirty) is the file binding's.
+        skip = frozenset({"state"}) if located.route else frozenset[str]()
+        store = self.committer.store
+        if not (await store.history(located.key, moment)).updates:
             return _json(conn, 404, {"error": f"no room {located.name!r}"})
-        _as_of(stored, moment)  # 410 if compacted away
         room = await registry.acquire(located.key, setup)
         try:
             await room.settle()
-            # Read again now that the room is loaded: nothing committed since
-            # the first read is missed.
-            stored = await self.committer.store.load(located.key)
-            times = stored.times or [None] * len(stored.updates)
+            # Read now that the room is loaded: nothing committed before is
+            # missed. From the checkpoint before the moment on: the document
+            # then, and every row since, to undo.
+            history = await store.history(located.key, moment)
+            _as_of(history, moment)  # 410 if thinned away
             update = await anyio.to_thread.run_sync(
-                partial(restoring_update, stored.updates, times, moment, skip=skip)
+                partial(
+                    restoring_update,
+                    history.updates,
+                    history.times,
+                    moment,
+                    skip=skip,
+                )
             )
             if update is not None:
-                pending = room.apply(update)
+                pending = room.apply(update, author=author)
                 if pending is not None:
                     await pending
                 await _durable(room)
@@ -268,10 +336,14 @@ class DocumentsApi:
             listed = {s.name: s for s in await self.committer.store.rooms()}
             return _json(conn, 200, self._summary(located.key, listed.get(located.key)))
         if what == "history":
-            return _json(conn, 200, _history(stored))
+            return _json(
+                conn, 200, _history(await self.committer.store.history(located.key))
+            )
         updates = stored.updates
         if "at" in params:
-            updates = _as_of(stored, _moment(params["at"][0]))
+            moment = _moment(params["at"][0])
+            history = await self.committer.store.history(located.key, moment)
+            updates = _as_of(history, moment)
         # CPU-bound, and the first Jupyter rendering imports jupyter_ydoc:
         # in a thread, so other rooms are served meanwhile.
         if what == "json":
@@ -284,18 +356,40 @@ class DocumentsApi:
             except (binascii.Error, ValueError):
                 raise BadRequest("sv is a base64url state vector") from None
         update = await anyio.to_thread.run_sync(_difference, updates, vector)
-        return _respond(200, "application/octet-stream", update)
+        return respond(200, "application/octet-stream", update)
 
 
-def _history(stored: StoredRoom) -> dict[str, Any]:
-    """The versions the store keeps: one per row, in commit order."""
-    times = stored.times or [None] * len(stored.updates)
+def _methods(path: str) -> tuple[str, ...] | None:
+    """The methods ``path`` serves; None for no endpoint."""
+    if path in ("/api/openapi.json", _ROOMS):
+        return ("GET",)
+    if not path.startswith(_ROOMS + "/"):
+        return None
+    what = path[len(_ROOMS) + 1 :].partition("/")[2]
+    return _ROOM_METHODS.get(what)
+
+
+_ROOM_METHODS = {
+    "": ("GET", "DELETE"),
+    "update": ("GET", "POST"),
+    "restore": ("POST",),
+    "json": ("GET",),
+    "history": ("GET",),
+}
+
+
+def _history(history: History) -> dict[str, Any]:
+    """The versions the store keeps: one per row, in commit order, after the
+    oldest checkpoint kept (if any)."""
+    rows = zip(history.times, history.authors, history.updates, strict=True)
+    versions = list(rows)[1 if history.based else 0 :]
     return {
         "versions": [
-            {"time": when, "bytes": len(update)}
-            for when, update in zip(times, stored.updates, strict=True)
+            {"time": when, "user": author, "bytes": len(update)}
+            for when, author, update in versions
         ],
-        "snapshot": len(stored.updates) > stored.log_rows,
+        "snapshot": history.based,
+        "since": history.since,
     }
 
 
@@ -312,21 +406,20 @@ def _moment(value: str) -> float:
     return when.timestamp()
 
 
-def _as_of(stored: StoredRoom, moment: float) -> list[bytes]:
-    """The rows that make the document as it was at ``moment``.
+def _as_of(history: History, moment: float) -> list[bytes]:
+    """The rows of ``history`` (read for ``moment``) that make the document
+    as it was at ``moment``: its base, and the rows committed by then.
 
     Raises:
-        Gone: ``moment`` is older than what the store keeps (a compaction
-            folded it into the snapshot).
+        Gone: ``moment`` is older than what the store keeps (thinned past
+            --history-retention, or compacted without a history).
     """
-    times = stored.times or [None] * len(stored.updates)
-    known = [t for t in times if t is not None]
-    compacted = len(stored.updates) > stored.log_rows
-    if compacted and (not known or moment < known[0]):
-        raise Gone("the room's history before its last compaction is not kept")
+    if history.since is not None and moment < history.since:
+        since = datetime.datetime.fromtimestamp(history.since, datetime.UTC)
+        raise Gone(f"the room's history before {since:%Y-%m-%dT%H:%M:%SZ} is not kept")
     return [
         u
-        for t, u in zip(times, stored.updates, strict=True)
+        for t, u in zip(history.times, history.updates, strict=True)
         if t is None or t <= moment
     ]
 
@@ -357,15 +450,4 @@ def _rendered(located: Located, updates: list[bytes]) -> Any:
 
 
 def _json(conn: ServerConnection, status: int, body: Any) -> Response:
-    return _respond(status, "application/json", json.dumps(body).encode())
-
-
-def _respond(status: int, content_type: str, body: bytes) -> Response:
-    headers = Headers(
-        [
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Content-Type", content_type),
-        ]
-    )
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+    return respond(status, "application/json", json.dumps(body).encode())

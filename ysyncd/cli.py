@@ -37,6 +37,7 @@ from ysyncd.jupyter.files import open_files
 from ysyncd.server import serve as run_server
 from ysyncd.server import tls_context
 from ysyncd.supervisor import inherited_socket, supervise
+from ysyncd.webhooks import read_webhook_secret
 
 __all__ = ["main"]
 
@@ -109,6 +110,7 @@ def serve(**options: Any) -> None:
     try:
         _check_jupyter_files(settings)
         read_admin_token(settings.admin_token_file)  # refused now, not later
+        read_webhook_secret(settings.webhook_url, settings.webhook_secret_file)
         authorizer = build_authorizer(settings)
         tls = tls_context(settings)
     except (ValueError, OSError) as exc:

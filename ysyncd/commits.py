@@ -69,6 +69,8 @@ class _Pending:
     update: bytes
     owner: Durable
     seq: int
+    arrived: float  # time.monotonic() at submit
+    author: str | None
 
 
 class Committer:
@@ -110,8 +112,12 @@ class Committer:
         self.healthy = True
         self.stats_commits = 0
         self.stats_compactions = 0
-        #: Told of every commit, after the rooms (a cluster publishes it).
-        self.on_commit: Callable[[list[tuple[str, bytes]]], None] | None = None
+        #: Told of every commit, after the rooms (a cluster publishes it,
+        #: webhooks note the rooms).
+        self.listeners: list[Callable[[list[tuple[str, bytes]]], None]] = []
+        #: Told of each commit's oldest update: how long it waited until it
+        #: was durable, and until the rooms had sent it (seconds).
+        self.on_latency: Callable[[float, float], None] | None = None
 
     @property
     def committed(self) -> int:
@@ -123,9 +129,17 @@ class Committer:
         """Updates submitted and not yet committed."""
         return self._submitted - self._committed
 
-    def submit(self, room: str, update: bytes, owner: Durable, seq: int) -> None:
-        """Queue one update; ``owner.durable(seq)`` is called once it is on disk."""
-        self._queue.append(_Pending(room, update, owner, seq))
+    def submit(
+        self,
+        room: str,
+        update: bytes,
+        owner: Durable,
+        seq: int,
+        author: str | None = None,
+    ) -> None:
+        """Queue one update, written by ``author``; ``owner.durable(seq)`` is
+        called once it is on disk."""
+        self._queue.append(_Pending(room, update, owner, seq, time.monotonic(), author))
         self._submitted += 1
         if len(self._queue) >= self._queue_max:
             self._room_for_more.clear()
@@ -249,7 +263,8 @@ class Committer:
             size += len(pending.update)
         count = len(batch)
         rows = [(p.room, p.update) for p in batch]
-        await self._append_with_retry(rows)
+        await self._append_with_retry(rows, [p.author for p in batch])
+        durable_at = time.monotonic()
         for _ in range(count):
             self._queue.popleft()
         self._committed += count
@@ -267,21 +282,26 @@ class Committer:
                 pending.owner.durable(pending.seq)
             except Exception:  # one room's bug must not stall the others
                 log.exception("durability callback of room %r failed", pending.room)
-        if self.on_commit is not None:
+        if self.on_latency is not None:
+            oldest = batch[0].arrived
+            self.on_latency(durable_at - oldest, time.monotonic() - oldest)
+        for listener in self.listeners:
             try:
-                self.on_commit(rows)
+                listener(rows)
             except Exception:  # the commit stands; other nodes repair
-                log.exception("telling other nodes of a commit failed")
+                log.exception("telling %r of a commit failed", listener)
         for room, count in added.items():
             self._count(room, count)
         self._wake_flushers()
 
-    async def _append_with_retry(self, rows: list[tuple[str, bytes]]) -> None:
+    async def _append_with_retry(
+        self, rows: list[tuple[str, bytes]], authors: list[str | None]
+    ) -> None:
         delay = _RETRY_FIRST
         failures = 0
         while True:
             try:
-                await self.store.append(rows)
+                await self.store.append(rows, authors)
             except (OSError, StoreError) as exc:
                 failures += 1
                 self.healthy = False

@@ -107,11 +107,18 @@ class Settings:
         "giving up; at start-up, before refusing to start.",
         minimum=0,
     )
+    history_retention: float = _setting(
+        7 * 86400.0,
+        "Seconds of history compactions keep, so that any moment within it "
+        "can be read or restored (/api/rooms/{room}/json?at=); older history "
+        "is thinned to one checkpoint. 0 keeps none.",
+        minimum=0,
+    )
     commit_batch_max: int = _setting(
         4096,
         "Most updates committed in one SQLite transaction (group commit).",
         minimum=1,
-        maximum=8192,
+        maximum=8000,
     )
     commit_queue_max: int = _setting(
         65536,
@@ -235,6 +242,22 @@ class Settings:
         None,
         "File holding the admin token, which opens every room of the HTTP "
         "API (/api/), as Authorization: Bearer; 32 bytes or more.",
+    )
+    webhook_url: str = _setting(
+        "",
+        "POST a signed JSON notice here for each room that changed (debounced "
+        "per room); empty sends none. Needs --webhook-secret-file.",
+    )
+    webhook_secret_file: Path | None = _setting(
+        None,
+        "File holding the secret that signs each webhook (HMAC-SHA256 in "
+        "Ysyncd-Signature), 32 bytes or more.",
+    )
+    webhook_debounce: float = _setting(
+        2.0,
+        "Send a room's webhook once it has been quiet this long (seconds), or "
+        "five times this long into a busy stretch.",
+        minimum=0.05,
     )
     glue_secret_file: Path | None = _setting(
         None,

@@ -41,6 +41,20 @@ class Health:
             return "backplane unreachable"
         return None
 
+    def parts(self) -> dict[str, str]:
+        """The store's and the backplane's state, each in a word."""
+        store = "ok"
+        if not self._committer.healthy:
+            store = "failing"
+        elif not self.store_up:
+            store = "unreachable"
+        backplane = self._cluster.backplane if self._cluster else None
+        if backplane is None:
+            plane = "none"
+        else:
+            plane = "ok" if backplane.healthy else "unreachable"
+        return {"store": store, "backplane": plane}
+
     async def watch(self) -> None:
         """Ping the store forever (run it in the task group)."""
         store = self._committer.store

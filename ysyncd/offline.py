@@ -42,6 +42,7 @@ from ysyncd.jupyter.roomids import parse_room_id
 from ysyncd.namespaces import PathPattern
 from ysyncd.rendering import document_json, jupyter_json
 from ysyncd.store import UpdateStore, is_postgres_url, open_store, redact_url
+from ysyncd.store.base import DEFAULT_RETENTION
 from ysyncd.store.snapshot import build_snapshot, doc_from_updates
 from ysyncd.updates import shape_of
 
@@ -67,8 +68,12 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from None
 
 
-async def _opened(db: str, *, read_only: bool) -> UpdateStore:
-    return await open_store(db, read_only=read_only)
+async def _opened(
+    db: str, *, read_only: bool, history_retention: float = DEFAULT_RETENTION
+) -> UpdateStore:
+    return await open_store(
+        db, read_only=read_only, history_retention=history_retention
+    )
 
 
 @click.command("rooms")
@@ -186,11 +191,12 @@ def import_(db: str, room: str, file: Path) -> None:
 
 @click.command("compact")
 @click.argument("room", required=False)
-def compact(db: str, room: str | None) -> None:
-    """Compact ROOM's log (every room's without ROOM) into a snapshot."""
+def compact(db: str, room: str | None, history_retention: float) -> None:
+    """Compact ROOM's log (every room's without ROOM) into a snapshot,
+    keeping --history-retention of history as the server does."""
 
     async def compact_all() -> list[tuple[str, Any]]:
-        store = await _opened(db, read_only=False)
+        store = await _opened(db, read_only=False, history_retention=history_retention)
         try:
             names = [room] if room else [s.name for s in await store.rooms()]
             return [(name, await store.compact(name)) for name in names]
@@ -235,31 +241,72 @@ def backup(db: str, dest: Path) -> None:
 
 
 @click.command("verify")
-def verify(db: str) -> None:
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move rows that do not decode into the quarantine table (never "
+    "deleted), so that their rooms load; refused while a server holds the store.",
+)
+def verify(db: str, repair: bool) -> None:
     """Check the store: SQLite's integrity check, and every room loads and
     builds its document. Exits 1, naming what is bad, if anything is."""
 
-    async def check() -> list[str]:
-        problems: list[str] = []
+    async def check() -> dict[str, str]:
+        bad: dict[str, str] = {}
         store = await _opened(db, read_only=True)
         try:
             for summary in await store.rooms():
-                try:
-                    stored = await store.load(summary.name)
-                    build_snapshot(stored.updates)
-                except (YsyncdError, ValueError) as exc:
-                    problems.append(f"room {summary.name!r}: {exc}")
+                problem = await _room_problem(store, summary.name)
+                if problem is not None:
+                    bad[summary.name] = problem
         finally:
             await store.aclose()
-        return problems
+        return bad
+
+    async def quarantine(rooms: list[str]) -> dict[str, str]:
+        still: dict[str, str] = {}
+        store = await _opened(db, read_only=False)
+        try:
+            for name in rooms:
+                for moved in await store.quarantine(name, _fault):
+                    click.echo(f"room {name!r}: quarantined {moved}", err=True)
+                problem = await _room_problem(store, name)
+                if problem is not None:
+                    still[name] = problem
+        finally:
+            await store.aclose()
+        return still
 
     problems = [] if is_postgres_url(db) else _integrity(db)
-    problems += _run(check())
+    bad = _run(check())
+    if repair and bad:
+        for name, problem in bad.items():
+            click.echo(f"room {name!r}: {problem}", err=True)
+        bad = _run(quarantine(sorted(bad)))
+    problems += [f"room {name!r}: {problem}" for name, problem in bad.items()]
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in {redact_url(db)}")
     click.echo(f"{redact_url(db)}: every room loads")
+
+
+async def _room_problem(store: UpdateStore, room: str) -> str | None:
+    """Why ``room`` does not load and build its document, or None."""
+    try:
+        build_snapshot((await store.load(room)).updates)
+    except (YsyncdError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _fault(data: bytes) -> str | None:
+    """What is wrong with a stored row: it does not decode as an update."""
+    try:
+        Doc().apply_update(data)
+    except ValueError as exc:
+        return f"not a Yjs update ({exc})"
+    return None
 
 
 @click.command("migrate")
@@ -325,7 +372,7 @@ commands: list[tuple[click.Command, tuple[str, ...]]] = [
     (rooms, ()),
     (export, ("room_pattern",)),
     (import_, ()),
-    (compact, ()),
+    (compact, ("history_retention",)),
     (backup, ()),
     (verify, ()),
 ]

@@ -48,14 +48,16 @@ _HISTORY = {
                 "type": "object",
                 "properties": {
                     "time": {"type": ["number", "null"]},
+                    "user": {"type": ["string", "null"]},
                     "bytes": {"type": "integer", "minimum": 0},
                 },
-                "required": ["time", "bytes"],
+                "required": ["time", "user", "bytes"],
             },
         },
         "snapshot": {"type": "boolean"},
+        "since": {"type": ["number", "null"]},
     },
-    "required": ["versions", "snapshot"],
+    "required": ["versions", "snapshot", "since"],
 }
 
 
@@ -161,7 +163,38 @@ OPENAPI: dict[str, Any] = {
                     },
                     **_errors(400, 401, 403, 404, 410, 503),
                 },
-            }
+            },
+            "post": {
+                "summary": "Apply a Yjs update (v1), as a client's; answered "
+                "once it is durable and sent to the room's peers.",
+                "parameters": [_ROOM_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Applied and durable.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "room": {"type": "string"},
+                                        "changed": {"type": "boolean"},
+                                    },
+                                    "required": ["room", "changed"],
+                                }
+                            }
+                        },
+                    },
+                    **_errors(400, 401, 403, 409, 413, 422, 503),
+                },
+            },
         },
         "/api/rooms/{room}/restore": {
             "post": {

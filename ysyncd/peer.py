@@ -98,6 +98,7 @@ class Peer:
         "dialect",
         "id",
         "read_only",
+        "user",
         "written",
     )
 
@@ -107,6 +108,7 @@ class Peer:
         dialect: Dialect,
         *,
         read_only: bool = False,
+        user: str | None = None,
         send_buffer_bytes: int = 16 * 2**20,
         on_slow: Callable[[], None] | None = None,
         on_backlog: Callable[[Peer], None] | None = None,
@@ -115,6 +117,8 @@ class Peer:
         self.conn = conn
         self.dialect = dialect
         self.read_only = read_only
+        #: Whose grant this connection holds; stored with each of its updates.
+        self.user = user
         self._limit = send_buffer_bytes
         self._on_slow = on_slow
         self._on_backlog = on_backlog

@@ -223,7 +223,7 @@ class Room:
                 self._request(peer, step1=state_vector)
             case SyncStep2(update) | Update(update):
                 if not peer.read_only:
-                    return self.apply(update)
+                    return self.apply(update, author=peer.user)
                 if update != _EMPTY_UPDATE:  # every client's first step 2 is empty
                     peer.refuse_write("read-only")
             case Awareness(update):
@@ -234,7 +234,9 @@ class Room:
                 log.debug("ignoring a permission-denied message sent by a client")
         return None
 
-    def apply(self, update: bytes, *, remote: bool = False) -> Awaitable[None] | None:
+    def apply(
+        self, update: bytes, *, remote: bool = False, author: str | None = None
+    ) -> Awaitable[None] | None:
         """Apply a peer's update; store it, then echo it to everyone once durable.
 
         Small updates are applied at once; big ones return an awaitable that
@@ -246,7 +248,7 @@ class Room:
             return None
         policy = self._updates
         if len(update) >= policy.slice_bytes:
-            return self._apply_sliced(update, remote=remote)
+            return self._apply_sliced(update, remote=remote, author=author)
         # Too short to nest past the limit or to hold many structs: no need
         # to walk it first.
         shape = None
@@ -259,13 +261,13 @@ class Room:
                 # yrs integrates long runs of small items in one update in
                 # quadratic time and memory (10,000 items: 1.6 s, 2.3 GB);
                 # in pieces they cost what separate updates do.
-                return self._apply_sliced(update, shape, remote=remote)
+                return self._apply_sliced(update, shape, remote=remote, author=author)
         if not self._apply_now(update, shape):
             return None
         if remote:
             self._relay_remote(update)
         else:
-            self.record(update)
+            self.record(update, author)
         return None
 
     def apply_trusted(self, update: bytes) -> None:
@@ -281,7 +283,12 @@ class Room:
             raise
 
     async def _apply_sliced(
-        self, update: bytes, shape: Shape | None = None, *, remote: bool = False
+        self,
+        update: bytes,
+        shape: Shape | None = None,
+        *,
+        remote: bool = False,
+        author: str | None = None,
     ) -> None:
         busy = self._busy = asyncio.Event()
         try:
@@ -299,9 +306,9 @@ class Room:
         if changed and remote:
             self._relay_remote(update)
         elif changed:
-            self.record(update)
+            self.record(update, author)
 
-    def record(self, update: bytes) -> None:
+    def record(self, update: bytes, author: str | None = None) -> None:
         """Store and echo an update already applied to :attr:`doc`.
 
         Edits made on the doc itself (a file loaded or changed on disk, a
@@ -311,7 +318,7 @@ class Room:
         self._applied += 1
         seq = self._applied
         self._held.append((seq, None, encode_update(update), update))
-        self._committer.submit(self.key, update, self, seq)
+        self._committer.submit(self.key, update, self, seq, author)
 
     def record_edits(self) -> None:
         """From now on, record every change made on the doc itself.

@@ -49,6 +49,11 @@ class PeerLike(Protocol):
     @property
     def read_only(self) -> bool: ...
 
+    @property
+    def user(self) -> str | None:
+        """Whose grant the peer holds, stored with its updates."""
+        ...
+
     def send(self, frame: bytes) -> None:
         """Queue a frame without blocking (a slow peer is closed, not waited on)."""
         ...

@@ -18,7 +18,9 @@ import base64
 import http
 import json
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ysyncd.admission import Admitter
@@ -31,7 +33,7 @@ from ysyncd.names import room_from_path
 from ysyncd.rooms import RoomRegistry
 from ysyncd.stats import Stats
 
-__all__ = ["FILES_CHANGED", "HISTORY", "Routes"]
+__all__ = ["FILES_CHANGED", "HISTORY", "Routes", "respond"]
 
 #: Where the Jupyter server extension says its files changed.
 FILES_CHANGED = "/_ysyncd/changed/"
@@ -92,8 +94,9 @@ class Routes:
         """``GET /_ysyncd/history/{room}``: what the store holds of a room.
 
         JSON ``{"updates": [{"time": seconds or null, "update": base64}]}``,
-        in commit order: the snapshot of the last compaction first (no
-        time), then every update committed since, with its time. Replayed
+        in commit order: the oldest checkpoint kept first (no time), then
+        every update committed since, with its time (see
+        :meth:`UpdateStore.history`). Replayed
         in order they give the document as it was after each. Asked with
         the credentials that would open the room (read access).
         """
@@ -103,17 +106,16 @@ class Routes:
         except AuthError as exc:
             return self._refuse(conn, located.key, exc)
         try:
-            stored = await self.committer.store.load(located.key)
+            stored = await self.committer.store.history(located.key)
         except StoreError as exc:
             self.stats.refused(503, f"history of {located.key!r}: {exc}")
             return conn.respond(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "store unavailable\n"
             )
-        times = stored.times or [None] * len(stored.updates)
         body = {
             "updates": [
                 {"time": when, "update": base64.b64encode(update).decode()}
-                for when, update in zip(times, stored.updates, strict=True)
+                for when, update in zip(stored.times, stored.updates, strict=True)
             ]
         }
         response = conn.respond(http.HTTPStatus.OK, json.dumps(body))
@@ -128,7 +130,7 @@ class Routes:
                 return conn.respond(http.HTTPStatus.OK, "ok\n")
             return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         if path == "/metrics":
-            return conn.respond(http.HTTPStatus.OK, self.stats.render())
+            return respond(200, CONTENT_TYPE_LATEST, self.stats.render())
         if path == "/_ysyncd/epoch":
             # What a Jupyter session endpoint hands out as the sessionId.
             epoch = json.dumps({"epoch": self.committer.store.epoch})
@@ -136,3 +138,15 @@ class Routes:
         return conn.respond(
             http.HTTPStatus.UPGRADE_REQUIRED, "a y-websocket client is expected here\n"
         )
+
+
+def respond(status: int, content_type: str, body: bytes) -> Response:
+    """A whole HTTP response; the connection closes after it."""
+    headers = Headers(
+        [
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)

@@ -34,9 +34,11 @@ from ysyncd.admission import Admission, Admitter, duplicate_header
 from ysyncd.api import API, DocumentsApi, read_admin_token
 from ysyncd.auth import Authorizer, allowed_origins, build_authorizer
 from ysyncd.auth.recheck import Rechecker
+from ysyncd.bodies import BodyConnection
 from ysyncd.cluster import open_cluster
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
+from ysyncd.dashboard import Dashboard
 from ysyncd.errors import (
     AuthError,
     BackplaneError,
@@ -63,6 +65,7 @@ from ysyncd.store import is_postgres_url, open_store
 from ysyncd.store.memory import MemoryStore
 from ysyncd.store.snapshot import Snapshot, build_snapshot
 from ysyncd.updates import Limits
+from ysyncd.webhooks import start_webhooks
 from ysyncd.worker import Worker, raise_stack_limit
 
 __all__ = ["serve"]
@@ -76,7 +79,7 @@ _TURN_SECONDS = 0.01
 Listening = Callable[[str, int], None]
 
 
-class _App(Routes, DocumentsApi):
+class _App(Routes, DocumentsApi, Dashboard):
     """The per-server state the websockets callbacks need."""
 
     def __init__(
@@ -178,7 +181,7 @@ class _App(Routes, DocumentsApi):
                 return await self._history(conn, request, path)
             if path.startswith(API):
                 return await self._api(conn, request)
-            return self._plain_http(conn, path)
+            return self._dashboard(request, path) or self._plain_http(conn, path)
         located = self.admitter.locate(request.path)
         try:
             grant = await self.admitter.authorize(request, located.key)
@@ -282,6 +285,7 @@ class _App(Routes, DocumentsApi):
             conn,
             admission.dialect,
             read_only=admission.grant.read_only,
+            user=admission.grant.user,
             send_buffer_bytes=self.settings.send_buffer_bytes,
             on_slow=self._on_slow_peer,
             on_backlog=self.drains.watch,
@@ -412,6 +416,7 @@ async def _serve(
         synchronous=settings.sqlite_synchronous,
         busy_timeout=settings.sqlite_busy_timeout,
         shared=bool(settings.backplane),
+        history_retention=settings.history_retention,
     )
     # Started on first use: most servers never hold a room big enough.
     worker = Worker()
@@ -436,7 +441,7 @@ async def _serve(
             cluster = None
             if settings.backplane:
                 cluster = await open_cluster(settings.backplane, store.epoch, tg)
-                committer.on_commit = cluster.committed
+                committer.listeners.append(cluster.committed)
             health = Health(committer, cluster)
             tg.start_soon(health.watch)
             policy = AwarenessPolicy(
@@ -467,7 +472,7 @@ async def _serve(
             await tg.start(scratch.run)
             passing = cluster.space("\x00transient/") if cluster else None
             if passing is not None:
-                scratch.on_commit = passing.committed
+                scratch.listeners.append(passing.committed)
             jupyter = JupyterRooms(
                 settings,
                 RoomRegistry(
@@ -484,6 +489,8 @@ async def _serve(
             )
             tg.start_soon(jupyter.transient.run_ticks)
             stats = Stats()
+            committer.on_latency = stats.observe
+            start_webhooks(settings, committer, stats, tg)
             if cluster is not None:
                 cluster.report(stats)
             drains = DrainWatch(
@@ -512,7 +519,7 @@ async def _serve(
                 None if sock else settings.host,
                 None if sock else settings.port,
                 sock=sock,
-                create_connection=_counted(app),
+                create_connection=_counted(app, settings.max_message_bytes),
                 process_request=app.process_request,
                 compression=None,  # per-peer deflate would dominate fan-out cost
                 max_size=settings.max_message_bytes,
@@ -547,11 +554,12 @@ async def _serve(
     log.info("ysyncd stopped")
 
 
-def _counted(app: _App) -> type[ServerConnection]:
+def _counted(app: _App, max_body: int) -> type[ServerConnection]:
     """websockets' connection class, telling ``app`` of handshakes, so that
-    half-open ones cannot pile up (each may hold a request's headers)."""
+    half-open ones cannot pile up (each may hold a request's headers), and
+    taking the HTTP API's request bodies (see bodies.py)."""
 
-    class Connection(ServerConnection):
+    class Connection(BodyConnection):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             app.handshake_started(self)
@@ -559,6 +567,8 @@ def _counted(app: _App) -> type[ServerConnection]:
         def connection_lost(self, exc: Exception | None) -> None:
             app.handshake_ended(self)
             super().connection_lost(exc)
+
+    Connection.max_body = max_body
 
     return Connection
 

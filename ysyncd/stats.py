@@ -1,4 +1,6 @@
-"""Counters and gauges for ``GET /metrics`` (Prometheus text format).
+"""Counters, gauges and histograms for ``GET /metrics``, served by
+prometheus-client (text format, Prometheus naming: ``_total`` counters,
+``_seconds`` histograms).
 
 Limits report through :meth:`Stats.limit_hit`, which counts every hit and logs
 only the first of each kind, so a flood cannot flood the log as well.
@@ -7,12 +9,35 @@ only the first of each kind, so a flood cannot flood the log as well.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["Stats"]
 
 log = logging.getLogger("ysyncd.limits")
+
+# A commit waits on fsync: from a fraction of a millisecond (tmpfs, a
+# battery-backed cache) to seconds (a stalled disk).
+_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+_RECENT = 2048
 
 
 class Stats:
@@ -26,6 +51,24 @@ class Stats:
         self.gauges: dict[str, Callable[[], float]] = {}
         #: Counters kept elsewhere (e.g. by the committer), read at scrape time.
         self.counter_reads: dict[str, Callable[[], int]] = {}
+        self.webhooks: Counter[str] = Counter()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collected(self))
+        self.commit_latency = Histogram(
+            "ysyncd_commit_latency_seconds",
+            "From an update's arrival until it is durable in the store.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.delivery_time = Histogram(
+            "ysyncd_delivery_seconds",
+            "From an update's arrival until its echo is written to the peers.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        #: The latest samples, for the dashboard's percentiles.
+        self.recent_commits: deque[float] = deque(maxlen=_RECENT)
+        self.recent_deliveries: deque[float] = deque(maxlen=_RECENT)
 
     def count(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
@@ -71,31 +114,51 @@ class Stats:
     def closed(self, code: int) -> None:
         self.closes[code] += 1
 
-    def render(self) -> str:
-        """The Prometheus exposition text."""
-        lines: list[str] = []
-        for name, read in sorted(self.gauges.items()):
-            lines += [f"# TYPE ysyncd_{name} gauge", f"ysyncd_{name} {read():g}"]
-        counters = dict(self.counters)
-        counters.update((name, read()) for name, read in self.counter_reads.items())
+    def render(self) -> bytes:
+        """The Prometheus exposition text, as prometheus-client writes it."""
+        return generate_latest(self.registry)
+
+    def observe(self, commit: float, delivery: float) -> None:
+        """A commit's oldest update waited ``commit`` seconds from arrival
+        until durable, and ``delivery`` until its echo was written to the
+        peers' connections (the committer's ``on_latency``)."""
+        self.commit_latency.observe(commit)
+        self.delivery_time.observe(delivery)
+        self.recent_commits.append(commit)
+        self.recent_deliveries.append(delivery)
+
+
+class _Collected(Collector):
+    """The counters and gauges :class:`Stats` keeps, read at scrape time."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        for name, read in sorted(stats.gauges.items()):
+            yield GaugeMetricFamily(f"ysyncd_{name}", _help(name), value=read())
+        counters = dict(stats.counters)
+        counters.update((name, read()) for name, read in stats.counter_reads.items())
         for name, value in sorted(counters.items()):
-            lines += [
-                f"# TYPE ysyncd_{name}_total counter",
-                f"ysyncd_{name}_total {value}",
-            ]
-        lines.append("# TYPE ysyncd_limit_hits_total counter")
-        lines += [
-            f'ysyncd_limit_hits_total{{limit="{k}"}} {v}'
-            for k, v in sorted(self.limits.items())
-        ]
-        lines.append("# TYPE ysyncd_auth_refusals_total counter")
-        lines += [
-            f'ysyncd_auth_refusals_total{{status="{k}"}} {v}'
-            for k, v in sorted(self.refusals.items())
-        ]
-        lines.append("# TYPE ysyncd_closes_total counter")
-        lines += [
-            f'ysyncd_closes_total{{code="{k}"}} {v}'
-            for k, v in sorted(self.closes.items())
-        ]
-        return "\n".join(lines) + "\n"
+            yield CounterMetricFamily(f"ysyncd_{name}", _help(name), value=value)
+        labelled = (
+            ("limit_hits", "limit", stats.limits, "Limits hit, by limit."),
+            ("auth_refusals", "status", stats.refusals, "Refusals, by HTTP status."),
+            ("closes", "code", stats.closes, "Connections closed, by close code."),
+            (
+                "webhook_deliveries",
+                "outcome",
+                stats.webhooks,
+                "Webhook deliveries, by outcome.",
+            ),
+        )
+        for name, label, counts, text in labelled:
+            family = CounterMetricFamily(f"ysyncd_{name}", text, labels=[label])
+            for key, value in sorted(counts.items(), key=lambda kv: str(kv[0])):
+                family.add_metric([str(key)], value)
+            yield family
+
+
+def _help(name: str) -> str:
+    return name.replace("_", " ").capitalize() + "."

@@ -10,12 +10,19 @@ import urllib.parse
 from pathlib import Path
 
 from ysyncd.errors import StoreOpenError
-from ysyncd.store.base import Compaction, StoredRoom, UpdateStore
+from ysyncd.store.base import (
+    DEFAULT_RETENTION,
+    Compaction,
+    History,
+    StoredRoom,
+    UpdateStore,
+)
 from ysyncd.store.memory import MemoryStore
 from ysyncd.store.sqlite import SQLiteStore
 
 __all__ = [
     "Compaction",
+    "History",
     "MemoryStore",
     "SQLiteStore",
     "StoredRoom",
@@ -47,6 +54,7 @@ async def open_store(
     busy_timeout: float = 5.0,
     shared: bool = False,
     read_only: bool = False,
+    history_retention: float = DEFAULT_RETENTION,
 ) -> UpdateStore:
     """Open the store ``db`` names.
 
@@ -56,6 +64,7 @@ async def open_store(
         shared: other nodes serve the same rooms (there is a backplane).
         read_only: only read, beside a running server (no lock, no
             migration); appends and compactions raise StoreError.
+        history_retention: seconds of history compactions keep (0: none).
 
     Raises:
         StoreOpenError: the database cannot be served, in a few words.
@@ -66,12 +75,18 @@ async def open_store(
         except ImportError as exc:  # the cluster extra is not installed
             reason = f"needs asyncpg: pip install 'ysyncd[cluster]' ({exc})"
             raise StoreOpenError(redact_url(str(db)), reason) from exc
-        return await PostgresStore.open(str(db), shared=shared, read_only=read_only)
+        return await PostgresStore.open(
+            str(db),
+            shared=shared,
+            read_only=read_only,
+            history_retention=history_retention,
+        )
     if str(db) == "memory://":
-        return MemoryStore()
+        return MemoryStore(history_retention=history_retention)
     return await SQLiteStore.open(
         Path(db),
         synchronous=synchronous,
         busy_timeout=busy_timeout,
         read_only=read_only,
+        history_retention=history_retention,
     )

@@ -34,53 +34,56 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from ysyncd.errors import (
-    ForeignDatabase,
-    SchemaError,
     StoreError,
-    StoreInUse,
     StoreOpenError,
 )
 from ysyncd.store import redact_url
 from ysyncd.store.base import (
+    DEFAULT_RETENTION,
     Build,
     Compaction,
+    History,
+    Judge,
     RoomSummary,
     StoredRoom,
     build_here,
+    checkpoint_due,
     compacted,
+    earliest,
     kept_rows,
 )
+from ysyncd.store.postgres_open import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    check_schema,
+    connect_reason,
+    migrate,
+    take_node_lock,
+)
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
 
 log = logging.getLogger("ysyncd.store")
 
-SCHEMA_VERSION = 2
-SCHEMA = "ysyncd"
-_TABLES = frozenset({"meta", "rooms", "updates"})
 _ROOM_ID_CACHE = 65_536
-#: Advisory lock keys: a fixed one for migrations and for the node lock, and
-#: one per room for compaction, all in a namespace of ysyncd's own.
-_MIGRATION_LOCK = "ysyncd:migrate"
-_NODE_LOCK = "ysyncd:nodes"
+#: The advisory lock key of a room's compaction (see postgres_open.py).
 _COMPACTION_LOCK = "ysyncd:compact:"
 _POOL_MIN = 1
 _POOL_MAX = 8
 
 _LOAD = f"""
-SELECT 0::bigint AS id, snapshot AS data, NULL::float8 AS time
+SELECT 0::bigint AS id, snapshot AS data, NULL::float8 AS time,
+       NULL::text AS author
 FROM {SCHEMA}.rooms WHERE name = $1
 UNION ALL
-SELECT u.id, u.data, u.time FROM {SCHEMA}.updates AS u
+SELECT u.id, u.data, u.time, u.author FROM {SCHEMA}.updates AS u
 JOIN {SCHEMA}.rooms AS r ON r.id = u.room_id
 WHERE r.name = $1
 ORDER BY 1
@@ -88,10 +91,21 @@ ORDER BY 1
 
 # Rows keep the batch's order (ids from the sequence follow ``ord``).
 _APPEND = f"""
-INSERT INTO {SCHEMA}.updates (room_id, data, time)
-SELECT room_id, data, $3::float8 FROM unnest($1::bigint[], $2::bytea[])
-    WITH ORDINALITY AS batch(room_id, data, ord)
+INSERT INTO {SCHEMA}.updates (room_id, data, time, author)
+SELECT room_id, data, $3::float8, author
+FROM unnest($1::bigint[], $2::bytea[], $4::text[])
+    WITH ORDINALITY AS batch(room_id, data, author, ord)
 ORDER BY ord
+"""
+
+# A room's rows after a checkpoint: those compactions since moved to the
+# history, and the log, in id order.
+_HISTORY_ROWS = f"""
+SELECT row_id AS id, data, time, author FROM {SCHEMA}.history
+WHERE room_id = $1 AND moved_in > $2
+UNION ALL
+SELECT id, data, time, author FROM {SCHEMA}.updates WHERE room_id = $1
+ORDER BY 1
 """
 
 _ROOMS = f"""
@@ -109,24 +123,6 @@ ON CONFLICT (name) DO UPDATE SET name = excluded.name
 RETURNING id
 """
 
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        f"CREATE TABLE {SCHEMA}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        f"""CREATE TABLE {SCHEMA}.rooms (
-            id BIGSERIAL PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            snapshot BYTEA
-        )""",
-        f"""CREATE TABLE {SCHEMA}.updates (
-            id BIGSERIAL PRIMARY KEY,
-            room_id BIGINT NOT NULL REFERENCES {SCHEMA}.rooms(id),
-            data BYTEA NOT NULL
-        )""",
-        f"CREATE INDEX updates_by_room ON {SCHEMA}.updates (room_id, id)",
-    ],
-    # When each row was committed (Unix seconds), for the history.
-    2: [f"ALTER TABLE {SCHEMA}.updates ADD COLUMN time DOUBLE PRECISION"],
-}
 
 #: What a lost connection, a server shutting down or a refused connection
 #: raise: the commit is retried, the load fails that room only.
@@ -153,6 +149,8 @@ class PostgresStore:
         *,
         dsn: str,
         shared: bool,
+        history_retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
         self._node_lock = node_lock
@@ -164,6 +162,8 @@ class PostgresStore:
         self._write_lock = asyncio.Lock()
         self._room_ids: dict[str, int] = {}
         self._read_only = False
+        self._retention = history_retention
+        self._clock = clock
 
     @classmethod
     async def open(
@@ -173,6 +173,8 @@ class PostgresStore:
         shared: bool = False,
         connect_timeout: float = 10.0,
         read_only: bool = False,
+        history_retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
     ) -> PostgresStore:
         """Connect to ``url``, create or migrate the schema, take the node lock.
 
@@ -184,6 +186,8 @@ class PostgresStore:
             read_only: only read (the offline CLI's listings and exports):
                 no node lock, so running nodes may hold the database, and no
                 migration, so the schema must be this ysyncd's.
+            history_retention: seconds of history compactions keep (0: none).
+            clock: the time compactions go by (tests).
 
         Raises:
             StoreOpenError: the database cannot be reached, belongs to
@@ -195,13 +199,13 @@ class PostgresStore:
         try:
             node_lock = await asyncpg.connect(url, timeout=connect_timeout)
         except (TimeoutError, *_DB_ERRORS) as exc:
-            raise StoreOpenError(shown, _connect_reason(exc)) from exc
+            raise StoreOpenError(shown, connect_reason(exc)) from exc
         try:
             if read_only:
-                epoch = await _check_schema(node_lock, shown)
+                epoch = await check_schema(node_lock, shown)
             else:
-                epoch = await _migrate(node_lock, shown)
-                await _take_node_lock(node_lock, shown, shared=shared)
+                epoch = await migrate(node_lock, shown)
+                await take_node_lock(node_lock, shown, shared=shared)
             pool = await asyncpg.create_pool(
                 url,
                 min_size=_POOL_MIN,
@@ -212,10 +216,19 @@ class PostgresStore:
         except BaseException as exc:
             await node_lock.close()
             if isinstance(exc, _DB_ERRORS):
-                raise StoreOpenError(shown, _connect_reason(exc)) from exc
+                raise StoreOpenError(shown, connect_reason(exc)) from exc
             raise
         log.info("store: PostgreSQL at %s", shown)
-        store = cls(pool, node_lock, epoch, shown, dsn=url, shared=shared)
+        store = cls(
+            pool,
+            node_lock,
+            epoch,
+            shown,
+            dsn=url,
+            shared=shared,
+            history_retention=history_retention,
+            clock=clock,
+        )
         store._read_only = read_only
         return store
 
@@ -237,6 +250,7 @@ class PostgresStore:
             log_rows,
             len(updates[0]) if head else 0,
             [row["time"] for row in kept],
+            [row["author"] for row in kept],
         )
 
     async def rooms(self) -> list[RoomSummary]:
@@ -258,11 +272,12 @@ class PostgresStore:
             async with self._write_lock:
                 writer = await self._writer_connection()
                 async with writer.transaction():
-                    await writer.execute(
-                        f"DELETE FROM {SCHEMA}.updates WHERE room_id = "
-                        f"(SELECT id FROM {SCHEMA}.rooms WHERE name = $1)",
-                        room,
-                    )
+                    for table in ("updates", "history", "checkpoints"):
+                        await writer.execute(
+                            f"DELETE FROM {SCHEMA}.{table} WHERE room_id = "
+                            f"(SELECT id FROM {SCHEMA}.rooms WHERE name = $1)",
+                            room,
+                        )
                     gone = await writer.fetchval(
                         f"DELETE FROM {SCHEMA}.rooms WHERE name = $1 RETURNING id",
                         room,
@@ -272,18 +287,73 @@ class PostgresStore:
             raise StoreError(f"deleting room {room!r} failed: {exc}") from exc
         return gone is not None
 
-    async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+    async def append(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None] | None = None,
+    ) -> None:
         if self._read_only:
             raise StoreError("the store was opened read-only")
+        who = list(authors) if authors is not None else [None] * len(batch)
+        if len(who) != len(batch):
+            raise ValueError("one author per update")
         try:
             async with self._write_lock:
                 writer = await self._writer_connection()
                 room_ids = [await self._room_id(writer, room) for room, _ in batch]
                 await writer.execute(
-                    _APPEND, room_ids, [u for _, u in batch], time.time()
+                    _APPEND, room_ids, [u for _, u in batch], self._clock(), who
                 )
         except _DB_ERRORS as exc:
             raise StoreError(f"append failed: {exc}") from exc
+
+    async def quarantine(self, room: str, bad: Judge) -> list[str]:
+        if self._read_only:
+            raise StoreError("the store was opened read-only")
+        try:
+            rows = await self._pool.fetch(_LOAD, room)
+            moved = [
+                (row["id"] or None, bytes(row["data"]), row, reason)
+                for row in rows
+                if row["data"] is not None
+                and (reason := bad(bytes(row["data"]))) is not None
+            ]
+            if not moved:
+                return []
+            async with self._write_lock:
+                writer = await self._writer_connection()
+                async with writer.transaction():
+                    for row_id, data, row, reason in moved:
+                        await writer.execute(
+                            f"INSERT INTO {SCHEMA}.quarantine (room, row_id, data, "
+                            "time, author, reason, moved) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                            room,
+                            row_id,
+                            data,
+                            row["time"],
+                            row["author"],
+                            reason,
+                            time.time(),
+                        )
+                        if row_id is None:
+                            await writer.execute(
+                                f"UPDATE {SCHEMA}.rooms SET snapshot = NULL "
+                                "WHERE name = $1",
+                                room,
+                            )
+                        else:
+                            await writer.execute(
+                                f"DELETE FROM {SCHEMA}.updates WHERE id = $1", row_id
+                            )
+        except _DB_ERRORS as exc:
+            raise StoreError(
+                f"quarantining room {room!r}'s rows failed: {exc}"
+            ) from exc
+        return [
+            f"{'snapshot' if row_id is None else f'row {row_id}'}: {reason}"
+            for row_id, _, _, reason in moved
+        ]
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The connection appends use: one round trip each. (A pooled one
@@ -341,20 +411,135 @@ class PostgresStore:
             # Exactly the rows read: ids are not commit order across nodes.
             dropped = [row_id for row_id, _ in log_rows if row_id not in kept]
             async with conn.transaction():
-                await conn.execute(
-                    f"UPDATE {SCHEMA}.rooms SET snapshot = $1 WHERE name = $2",
+                changed = await conn.fetchrow(
+                    f"UPDATE {SCHEMA}.rooms SET snapshot = $1, "
+                    "generation = generation + 1 WHERE name = $2 "
+                    "RETURNING id, generation",
                     snap.update,
                     room,
                 )
+                if changed is None:  # deleted meanwhile (DELETE /api/rooms/...)
+                    raise StoreError(f"room {room!r} was deleted")
+                room_id, generation = changed["id"], changed["generation"]
+                if self._retention > 0:
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA}.history (room_id, row_id, data, "
+                        "time, author, moved_in) SELECT room_id, id, data, time, "
+                        f"author, $2 FROM {SCHEMA}.updates "
+                        "WHERE id = ANY($1::bigint[])",
+                        dropped,
+                        generation,
+                    )
                 await conn.execute(
                     f"DELETE FROM {SCHEMA}.updates WHERE id = ANY($1::bigint[])",
                     dropped,
                 )
+                await self._keep_history(conn, room_id, generation, snap.update)
         finally:
             await conn.execute(
                 "SELECT pg_advisory_unlock(hashtextextended($1, 0))", key
             )
         return compacted(room, log_rows, kept, updates, snap.update, started)
+
+    async def _keep_history(
+        self,
+        conn: PoolConnectionProxy[Record],
+        room_id: int,
+        generation: int,
+        snapshot: bytes,
+    ) -> None:
+        """Keep a checkpoint if one is due, and thin what is past retention."""
+        now, retention = self._clock(), self._retention
+        if retention <= 0:  # no history: the moment of this snapshot on
+            for table in ("history", "checkpoints"):
+                await conn.execute(
+                    f"DELETE FROM {SCHEMA}.{table} WHERE room_id = $1", room_id
+                )
+            await conn.execute(
+                f"UPDATE {SCHEMA}.rooms SET kept_since = $1 WHERE id = $2",
+                now,
+                room_id,
+            )
+            return
+        latest = await conn.fetchval(
+            f"SELECT max(time) FROM {SCHEMA}.checkpoints WHERE room_id = $1", room_id
+        )
+        if checkpoint_due(latest, now, retention):
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.checkpoints (room_id, generation, time, data) "
+                "VALUES ($1, $2, $3, $4)",
+                room_id,
+                generation,
+                now,
+                snapshot,
+            )
+        edge = await conn.fetchrow(
+            f"SELECT generation, time FROM {SCHEMA}.checkpoints WHERE room_id = $1 "
+            "AND time <= $2 ORDER BY time DESC LIMIT 1",
+            room_id,
+            now - retention,
+        )
+        if edge is None:
+            return
+        await conn.execute(
+            f"DELETE FROM {SCHEMA}.history WHERE room_id = $1 AND moved_in <= $2",
+            room_id,
+            edge["generation"],
+        )
+        await conn.execute(
+            f"DELETE FROM {SCHEMA}.checkpoints WHERE room_id = $1 AND time < $2",
+            room_id,
+            edge["time"],
+        )
+        await conn.execute(
+            f"UPDATE {SCHEMA}.rooms SET kept_since = $1 WHERE id = $2",
+            edge["time"],
+            room_id,
+        )
+
+    async def history(self, room: str, at: float | None = None) -> History:
+        try:
+            async with self._pool.acquire() as conn:
+                # One snapshot of the database: a compaction cannot move rows
+                # in between the reads.
+                async with conn.transaction(isolation="repeatable_read"):
+                    return await self._history(conn, room, at)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"reading room {room!r}'s history failed: {exc}") from exc
+
+    async def _history(
+        self, conn: PoolConnectionProxy[Record], room: str, at: float | None
+    ) -> History:
+        found = await conn.fetchrow(
+            f"SELECT id, snapshot, generation, kept_since FROM {SCHEMA}.rooms "
+            "WHERE name = $1",
+            room,
+        )
+        if found is None:
+            return History([], [], [], None)
+        room_id, generation = found["id"], found["generation"]
+        checkpoint = await conn.fetchrow(
+            f"SELECT generation, data FROM {SCHEMA}.checkpoints "
+            "WHERE room_id = $1 AND time <= $2 ORDER BY time DESC LIMIT 1",
+            room_id,
+            earliest(at, found["kept_since"]),
+        )
+        base: list[bytes] = []
+        if checkpoint is not None:
+            generation = checkpoint["generation"]
+            base = [bytes(checkpoint["data"])]
+        elif found["kept_since"] is None:
+            generation = 0  # nothing was ever thinned: every row is here
+        elif found["snapshot"] is not None:
+            base = [bytes(found["snapshot"])]  # no history kept
+        rows = await conn.fetch(_HISTORY_ROWS, room_id, generation)
+        return History(
+            base + [bytes(r["data"]) for r in rows],
+            [None] * len(base) + [r["time"] for r in rows],
+            [None] * len(base) + [r["author"] for r in rows],
+            found["kept_since"],
+            bool(base),
+        )
 
     async def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers now, and
@@ -371,7 +556,7 @@ class PostgresStore:
         # lock: without it, a node with no backplane could start beside us.
         conn = await asyncpg.connect(self._dsn, timeout=_COMMAND_TIMEOUT)
         try:
-            await _take_node_lock(conn, self._url, shared=self._shared)
+            await take_node_lock(conn, self._url, shared=self._shared)
         except BaseException:
             await conn.close()
             raise
@@ -385,119 +570,3 @@ class PostgresStore:
             await self._pool.close()
         finally:
             await self._node_lock.close()
-
-
-def _lock_sql(function: str) -> str:
-    return f"SELECT {function}(hashtextextended($1, 0))"
-
-
-async def _migrate(conn: asyncpg.Connection, shown: str) -> str:
-    """Create or bring the schema up to :data:`SCHEMA_VERSION`; return the epoch.
-
-    Under a transaction-level advisory lock, so that nodes starting together
-    take turns, and the second finds the work done.
-    """
-    async with conn.transaction():
-        await conn.execute(_lock_sql("pg_advisory_xact_lock"), _MIGRATION_LOCK)
-        tables = {
-            str(r["table_name"])
-            for r in await conn.fetch(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = $1",
-                SCHEMA,
-            )
-        }
-        if tables and not _TABLES <= tables:
-            others = ", ".join(sorted(tables - _TABLES)[:3])
-            raise ForeignDatabase(
-                shown,
-                f"schema {SCHEMA!r} is not ysyncd's (it has {others}); left unchanged",
-            )
-        version = 0
-        if tables:
-            value = await conn.fetchval(
-                f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'"
-            )
-            version = int(value or 0)
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                shown,
-                f"database schema version {version} is newer than this ysyncd "
-                f"understands ({SCHEMA_VERSION}); upgrade ysyncd",
-            )
-        if not tables:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[step]:
-                await conn.execute(statement)
-            await _set_meta(conn, "schema_version", str(step), replace=True)
-        await _set_meta(conn, "epoch", uuid.uuid4().hex, replace=False)
-        epoch = await conn.fetchval(
-            f"SELECT value FROM {SCHEMA}.meta WHERE key = 'epoch'"
-        )
-    return str(epoch)
-
-
-async def _check_schema(conn: asyncpg.Connection, shown: str) -> str:
-    """The epoch of a database at this ysyncd's schema; StoreOpenError if
-    it is not one (nothing is written)."""
-    try:
-        version = await conn.fetchval(
-            f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'"
-        )
-    except asyncpg.UndefinedTableError:
-        raise StoreOpenError(shown, "holds no ysyncd schema") from None
-    if int(version or 0) != SCHEMA_VERSION:
-        raise StoreOpenError(
-            shown,
-            f"schema version {version}; `ysyncd serve` brings it to "
-            f"{SCHEMA_VERSION} first",
-        )
-    epoch = await conn.fetchval(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'epoch'")
-    return str(epoch)
-
-
-async def _set_meta(
-    conn: asyncpg.Connection, key: str, value: str, *, replace: bool
-) -> None:
-    action = "UPDATE SET value = excluded.value" if replace else "NOTHING"
-    await conn.execute(
-        f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ($1, $2) "
-        f"ON CONFLICT (key) DO {action}",
-        key,
-        value,
-    )
-
-
-async def _take_node_lock(
-    conn: asyncpg.Connection, shown: str, *, shared: bool
-) -> None:
-    function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-    if await conn.fetchval(_lock_sql(function), _NODE_LOCK):
-        return
-    if shared:
-        reason = "in use by a ysyncd without --backplane; give every node one"
-    else:
-        reason = "in use by another ysyncd; nodes sharing a database need --backplane"
-    raise StoreInUse(shown, reason)
-
-
-def _connect_reason(exc: BaseException) -> str:
-    """Say in a few words why the database could not be reached."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no answer (timed out)"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is PostgreSQL running there?)"
-    if isinstance(exc, OSError):
-        return exc.strerror.lower() if exc.strerror else str(exc)
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return "no such database"
-    if isinstance(
-        exc,
-        asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError,
-    ):
-        return f"authentication failed: {exc}"
-    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-        return f"permission denied: {exc}"
-    message: Any = getattr(exc, "message", None) or str(exc)
-    return str(message)

@@ -4,11 +4,17 @@ Layout (schema version in ``PRAGMA user_version``)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)         -- 'epoch'
     rooms(id INTEGER PRIMARY KEY, name TEXT UNIQUE, snapshot BLOB)
-    updates(id INTEGER PRIMARY KEY, room_id INTEGER, data BLOB, time REAL)
+    updates(id INTEGER PRIMARY KEY, room_id INTEGER, data BLOB, time REAL,
+            author TEXT)
+    quarantine(id INTEGER PRIMARY KEY, room TEXT, row_id INTEGER, data BLOB,
+               time REAL, author TEXT, reason TEXT, moved REAL)
 
 ``updates.id`` is the commit order; ``updates.time`` is when the row was
-committed (Unix seconds; NULL for rows from before schema 2), for the
-history a timeline shows, never for ordering. Loads use a
+committed (Unix seconds; NULL for rows from before schema 2) and
+``updates.author`` the user of the grant that wrote it (NULL before schema 3,
+and for the server's own edits), for the history, never for ordering.
+``quarantine`` holds rows ``ysyncd verify --repair`` moved aside (a
+snapshot's with a NULL ``row_id``); nothing ever deletes them. Loads use a
 second, read-only connection, so they never wait behind a commit and, in WAL
 mode, always see a committed state.
 
@@ -19,7 +25,7 @@ a single ``SELECT`` (so it sees one consistent snapshot). Compaction and
 migrations open explicit transactions.
 
 One ysyncd at a time serves a database: it holds an exclusive ``flock`` on
-``<db>-lock`` next to it for the life of the store (see :func:`_lock`). Two
+``<db>-lock`` next to it for the life of the store (see :func:`take_lock`). Two
 servers on one file would each keep their own copy of a room, and their
 clients would never see each other's edits.
 """
@@ -27,58 +33,75 @@ clients would never see each other's edits.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
 import logging
 import os
 import sqlite3
-import stat
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiosqlite
 import anyio
 
 from ysyncd.errors import (
-    ForeignDatabase,
-    SchemaError,
     StoreError,
-    StoreInUse,
     StoreOpenError,
 )
 from ysyncd.store.base import (
+    DEFAULT_RETENTION,
     Build,
     Compaction,
+    History,
+    Judge,
     RoomSummary,
     StoredRoom,
     build_here,
+    checkpoint_due,
     compacted,
+    earliest,
     kept_rows,
+)
+from ysyncd.store.sqlite_open import (
+    SCHEMA_VERSION,
+    check_owner,
+    open_error,
+    prepare,
+    set_up,
+    take_lock,
+    try_open,
+    user_version,
 )
 
 __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "SQLiteStore"]
 
 log = logging.getLogger("ysyncd.store")
 
-SCHEMA_VERSION = 2
-#: The tables every schema version since 1 has; a file without them is not ours.
-_TABLES = frozenset({"meta", "rooms", "updates"})
 _ROOM_ID_CACHE = 65_536
-#: Most updates in one append: two bound values a row, and SQLite allows 32,766
-#: per statement (the append must stay one statement to stay one transaction).
-MAX_BATCH = 8192
+#: Most updates in one append: four bound values a row, and SQLite allows
+#: 32,766 per statement (the append must stay one statement to stay one
+#: transaction).
+MAX_BATCH = 8000
 
 # The snapshot (as row 0) and the log, in order, in one consistent statement.
 _LOAD = """
-SELECT 0, snapshot, NULL FROM rooms WHERE name = :name
+SELECT 0, snapshot, NULL, NULL FROM rooms WHERE name = :name
 UNION ALL
-SELECT u.id, u.data, u.time FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
+SELECT u.id, u.data, u.time, u.author
+FROM updates AS u JOIN rooms AS r ON r.id = u.room_id
 WHERE r.name = :name
 ORDER BY 1
 """
 
+
+# A room's rows after a checkpoint: those compactions since moved to the
+# history, and the log, in commit order.
+_HISTORY_ROWS = """
+SELECT row_id, data, time, author FROM history WHERE room_id = ? AND moved_in > ?
+UNION ALL
+SELECT id, data, time, author FROM updates WHERE room_id = ?
+ORDER BY 1
+"""
 
 _ROOMS = """
 SELECT r.name, count(u.id),
@@ -91,28 +114,9 @@ GROUP BY r.id ORDER BY r.name
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(rows: int) -> str:
-    return "INSERT INTO updates (room_id, data, time) VALUES " + ", ".join(
-        ["(?, ?, ?)"] * rows
+    return "INSERT INTO updates (room_id, data, time, author) VALUES " + ", ".join(
+        ["(?, ?, ?, ?)"] * rows
     )
-
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE rooms (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        snapshot BLOB
-    );
-    CREATE TABLE updates (
-        id INTEGER PRIMARY KEY,
-        room_id INTEGER NOT NULL REFERENCES rooms(id),
-        data BLOB NOT NULL
-    );
-    CREATE INDEX updates_by_room ON updates(room_id, id);
-    """,
-    2: "ALTER TABLE updates ADD COLUMN time REAL",
-}
 
 
 class SQLiteStore:
@@ -124,13 +128,18 @@ class SQLiteStore:
         reader: aiosqlite.Connection,
         epoch: str,
         lock: int,
+        history_retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._epoch = epoch
-        self._lock = lock  # the fd holding the flock; see _lock()
+        self._lock = lock  # the fd holding the flock; see take_lock()
         self._room_ids: dict[str, int] = {}
         self._write_lock = asyncio.Lock()
+        self._history_lock = asyncio.Lock()
+        self._retention = history_retention
+        self._clock = clock
 
     @classmethod
     async def open(
@@ -140,6 +149,8 @@ class SQLiteStore:
         synchronous: str = "full",
         busy_timeout: float = 5.0,
         read_only: bool = False,
+        history_retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
     ) -> SQLiteStore:
         """Open (creating and migrating if needed) the database at ``path``.
 
@@ -151,6 +162,8 @@ class SQLiteStore:
             read_only: only read (the offline CLI's listings and exports):
                 no lock, so a running ysyncd may hold the file, and no
                 migration, so the schema must be this ysyncd's.
+            history_retention: seconds of history compactions keep (0: none).
+            clock: the time compactions go by (tests).
 
         Raises:
             StoreOpenError: ``path`` cannot be served, with the reason in a few
@@ -159,25 +172,25 @@ class SQLiteStore:
                 a newer schema (:class:`SchemaError`), stays locked by another
                 process, or another ysyncd serves it (:class:`StoreInUse`).
         """
-        read_only_uri = _prepare(path)
+        read_only_uri = prepare(path)
         if read_only:
             return await cls._open_read_only(path, read_only_uri, busy_timeout)
         try:
             # aiosqlite.connect() reports a failed open from its thread after
             # the loop may have closed, printing a traceback at exit
             # (omnilib/aiosqlite#389), so a plain open finds the failure first.
-            await anyio.to_thread.run_sync(_try_open, path)
+            await anyio.to_thread.run_sync(try_open, path)
             writer = await aiosqlite.connect(
                 path, isolation_level=None, timeout=busy_timeout
             )
         except sqlite3.Error as exc:
-            raise _open_error(path, exc, busy_timeout) from exc
+            raise open_error(path, exc, busy_timeout) from exc
         lock = -1
         try:
             # Read-only checks first: a file that is not ours stays unchanged.
-            await _check_owner(writer, path)
-            lock = _lock(path)
-            epoch = await _set_up(writer, path, synchronous)
+            await check_owner(writer, path)
+            lock = take_lock(path)
+            epoch = await set_up(writer, path, synchronous)
             reader = await aiosqlite.connect(
                 read_only_uri, uri=True, isolation_level=None, timeout=busy_timeout
             )
@@ -186,9 +199,9 @@ class SQLiteStore:
             if lock >= 0:
                 os.close(lock)
             if isinstance(exc, sqlite3.Error):
-                raise _open_error(path, exc, busy_timeout) from exc
+                raise open_error(path, exc, busy_timeout) from exc
             raise
-        return cls(writer, reader, epoch, lock)
+        return cls(writer, reader, epoch, lock, history_retention, clock)
 
     @classmethod
     async def _open_read_only(
@@ -199,10 +212,10 @@ class SQLiteStore:
                 uri, uri=True, isolation_level=None, timeout=busy_timeout
             )
         except sqlite3.Error as exc:
-            raise _open_error(path, exc, busy_timeout) from exc
+            raise open_error(path, exc, busy_timeout) from exc
         try:
-            await _check_owner(reader, path)
-            version = await _user_version(reader)
+            await check_owner(reader, path)
+            version = await user_version(reader)
             if version != SCHEMA_VERSION:
                 raise StoreOpenError(
                     str(path),
@@ -216,7 +229,7 @@ class SQLiteStore:
         except BaseException as exc:
             await reader.close()
             if isinstance(exc, sqlite3.Error):
-                raise _open_error(path, exc, busy_timeout) from exc
+                raise open_error(path, exc, busy_timeout) from exc
             raise
         return cls(None, reader, epoch, -1)
 
@@ -236,14 +249,15 @@ class SQLiteStore:
             rows = await self._reader.execute_fetchall(_LOAD, {"name": room})
         except sqlite3.Error as exc:
             raise StoreError(f"load of room {room!r} failed: {exc}") from exc
-        kept = [(bytes(data), when) for _, data, when in rows if data is not None]
-        log_rows = sum(1 for row_id, _, _ in rows if row_id != 0)
+        kept = [row for row in rows if row[1] is not None]
+        log_rows = sum(1 for row in rows if row[0] != 0)
         head = len(kept) - log_rows  # 1 with a snapshot, else 0
         return StoredRoom(
-            [data for data, _ in kept],
+            [bytes(row[1]) for row in kept],
             log_rows,
-            len(kept[0][0]) if head else 0,
-            [when for _, when in kept],
+            len(kept[0][1]) if head else 0,
+            [row[2] for row in kept],
+            [row[3] for row in kept],
         )
 
     async def rooms(self) -> list[RoomSummary]:
@@ -259,11 +273,12 @@ class SQLiteStore:
                 db = self._db
                 await db.execute("BEGIN IMMEDIATE")
                 try:
-                    await db.execute(
-                        "DELETE FROM updates WHERE room_id = "
-                        "(SELECT id FROM rooms WHERE name = ?)",
-                        (room,),
-                    )
+                    for table in ("updates", "history", "checkpoints"):
+                        await db.execute(
+                            f"DELETE FROM {table} WHERE room_id = "
+                            "(SELECT id FROM rooms WHERE name = ?)",
+                            (room,),
+                        )
                     gone = await db.execute_fetchall(
                         "DELETE FROM rooms WHERE name = ? RETURNING id", (room,)
                     )
@@ -276,22 +291,68 @@ class SQLiteStore:
             raise StoreError(f"deleting room {room!r} failed: {exc}") from exc
         return bool(list(gone))
 
-    async def append(self, batch: Sequence[tuple[str, bytes]]) -> None:
+    async def append(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None] | None = None,
+    ) -> None:
         # The lock keeps an append out of a compaction's open transaction,
         # where it would look committed before the transaction is.
         try:
             if len(batch) > MAX_BATCH:
                 raise StoreError(f"at most {MAX_BATCH} updates per append")
             async with self._write_lock:
-                now = time.time()
+                now = self._clock()
+                who = authors if authors is not None else [None] * len(batch)
                 rows = [
-                    (await self._room_id(room), update, now) for room, update in batch
+                    (await self._room_id(room), update, now, author)
+                    for (room, update), author in zip(batch, who, strict=True)
                 ]
                 await self._db.execute(
                     _insert_sql(len(rows)), [v for row in rows for v in row]
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"append failed: {exc}") from exc
+
+    async def quarantine(self, room: str, bad: Judge) -> list[str]:
+        try:
+            rows = await self._reader.execute_fetchall(_LOAD, {"name": room})
+            moved = [
+                (row_id or None, bytes(data), when, author, reason)
+                for row_id, data, when, author in rows
+                if data is not None and (reason := bad(bytes(data))) is not None
+            ]
+            if not moved:
+                return []
+            now = time.time()
+            async with self._write_lock:
+                db = self._db
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    await db.executemany(
+                        "INSERT INTO quarantine (room, row_id, data, time, author, "
+                        "reason, moved) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(room, *row, now) for row in moved],
+                    )
+                    for row_id, *_ in moved:
+                        if row_id is None:
+                            await db.execute(
+                                "UPDATE rooms SET snapshot = NULL WHERE name = ?",
+                                (room,),
+                            )
+                        else:
+                            await db.execute(
+                                "DELETE FROM updates WHERE id = ?", (row_id,)
+                            )
+                    await db.commit()
+                except BaseException:
+                    await db.rollback()
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"quarantining room {room!r}'s rows failed: {exc}"
+            ) from exc
+        return [_row_name(row_id, reason) for row_id, _, _, _, reason in moved]
 
     async def _room_id(self, room: str) -> int:
         room_id = self._room_ids.get(room)
@@ -320,7 +381,7 @@ class SQLiteStore:
         # Committer) rewrites a room, so what was read is still there after.
         rows = [
             (row_id, bytes(data))
-            for row_id, data, _ in await self._reader.execute_fetchall(
+            for row_id, data, _, _ in await self._reader.execute_fetchall(
                 _LOAD, {"name": room}
             )
             if data is not None
@@ -346,28 +407,137 @@ class SQLiteStore:
         log_rows: list[tuple[int, bytes]],
         kept: set[int],
     ) -> None:
-        """Swap in the snapshot and drop the rows it holds, in one transaction."""
+        """Swap in the snapshot and drop the rows it holds (into the history,
+        if kept), in one transaction."""
         db = self._db
+        now = self._clock()
         await db.execute("BEGIN IMMEDIATE")
         try:
-            await db.execute(
-                "UPDATE rooms SET snapshot = ? WHERE name = ?", (snapshot, room)
+            room_id, generation = next(
+                iter(
+                    await db.execute_fetchall(
+                        "UPDATE rooms SET snapshot = ?, generation = generation + 1 "
+                        "WHERE name = ? RETURNING id, generation",
+                        (snapshot, room),
+                    )
+                )
             )
             if kept:
-                await db.executemany(
-                    "DELETE FROM updates WHERE id = ?",
-                    [(row_id,) for row_id, _ in log_rows if row_id not in kept],
-                )
+                folded = "id = ?"
+                params: list[tuple[int, ...]] = [
+                    (row_id,) for row_id, _ in log_rows if row_id not in kept
+                ]
             else:
-                await db.execute(
-                    "DELETE FROM updates WHERE room_id = "
-                    "(SELECT id FROM rooms WHERE name = ?) AND id <= ?",
-                    (room, log_rows[-1][0]),
+                folded = "room_id = ? AND id <= ?"
+                params = [(room_id, log_rows[-1][0])]
+            if self._retention > 0:
+                await db.executemany(
+                    "INSERT INTO history (room_id, row_id, data, time, author, "
+                    f"moved_in) SELECT room_id, id, data, time, author, {generation:d} "
+                    f"FROM updates WHERE {folded}",
+                    params,
                 )
+            await db.executemany(f"DELETE FROM updates WHERE {folded}", params)
+            await self._keep_history(room_id, generation, snapshot, now)
             await db.commit()
         except BaseException:
             await db.rollback()
             raise
+
+    async def _keep_history(
+        self, room_id: int, generation: int, snapshot: bytes, now: float
+    ) -> None:
+        """Keep a checkpoint if one is due, and thin what is past retention."""
+        db = self._db
+        retention = self._retention
+        if retention <= 0:  # no history: the moment of this snapshot on
+            await db.execute("DELETE FROM history WHERE room_id = ?", (room_id,))
+            await db.execute("DELETE FROM checkpoints WHERE room_id = ?", (room_id,))
+            await db.execute(
+                "UPDATE rooms SET kept_since = ? WHERE id = ?", (now, room_id)
+            )
+            return
+        ((latest,),) = await db.execute_fetchall(
+            "SELECT max(time) FROM checkpoints WHERE room_id = ?", (room_id,)
+        )
+        if checkpoint_due(latest, now, retention):
+            await db.execute(
+                "INSERT INTO checkpoints (room_id, generation, time, data) "
+                "VALUES (?, ?, ?, ?)",
+                (room_id, generation, now, snapshot),
+            )
+        edge = list(
+            await db.execute_fetchall(
+                "SELECT generation, time FROM checkpoints WHERE room_id = ? "
+                "AND time <= ? ORDER BY time DESC LIMIT 1",
+                (room_id, now - retention),
+            )
+        )
+        if not edge:
+            return
+        ((edge_generation, edge_time),) = edge
+        await db.execute(
+            "DELETE FROM history WHERE room_id = ? AND moved_in <= ?",
+            (room_id, edge_generation),
+        )
+        await db.execute(
+            "DELETE FROM checkpoints WHERE room_id = ? AND time < ?",
+            (room_id, edge_time),
+        )
+        await db.execute(
+            "UPDATE rooms SET kept_since = ? WHERE id = ?", (edge_time, room_id)
+        )
+
+    async def history(self, room: str, at: float | None = None) -> History:
+        try:
+            return await self._history(room, at)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading room {room!r}'s history failed: {exc}") from exc
+
+    async def _history(self, room: str, at: float | None) -> History:
+        # One read transaction: a compaction cannot move rows in between.
+        async with self._history_lock:
+            return await self._history_in_transaction(room, at)
+
+    async def _history_in_transaction(self, room: str, at: float | None) -> History:
+        read = self._reader.execute_fetchall
+        await self._reader.execute("BEGIN")
+        try:
+            found = list(
+                await read(
+                    "SELECT id, snapshot, generation, kept_since FROM rooms "
+                    "WHERE name = ?",
+                    (room,),
+                )
+            )
+            if not found:
+                return History([], [], [], None)
+            ((room_id, snapshot, generation, since),) = found
+            checkpoint = list(
+                await read(
+                    "SELECT generation, data FROM checkpoints WHERE room_id = ? "
+                    "AND time <= ? ORDER BY time DESC LIMIT 1",
+                    (room_id, earliest(at, since)),
+                )
+            )
+            base: list[bytes] = []
+            if checkpoint:
+                ((generation, data),) = checkpoint
+                base = [bytes(data)]
+            elif since is None:
+                generation = 0  # nothing was ever thinned: every row is here
+            elif snapshot is not None:
+                base = [bytes(snapshot)]  # no history kept: the live snapshot
+            rows = await read(_HISTORY_ROWS, (room_id, generation, room_id))
+        finally:
+            await self._reader.execute("COMMIT")
+        return History(
+            base + [bytes(data) for _, data, _, _ in rows],
+            [None] * len(base) + [when for _, _, when, _ in rows],
+            [None] * len(base) + [author for _, _, _, author in rows],
+            since,
+            bool(base),
+        )
 
     async def ping(self) -> None:
         try:
@@ -387,166 +557,5 @@ class SQLiteStore:
                 self._lock = -1
 
 
-def _prepare(path: Path) -> str:
-    """Check the database's folder; return a read-only URI for the same file.
-
-    The folder is not created: that would turn a typo in the path into a new,
-    empty database.
-    """
-    folder = path.parent
-    try:
-        if not stat.S_ISDIR(os.stat(folder).st_mode):
-            raise StoreOpenError(str(path), f"{folder} is not a directory")
-        if path.is_dir():
-            raise StoreOpenError(str(path), "is a directory, not a database file")
-    except FileNotFoundError as exc:
-        raise StoreOpenError(str(path), f"directory {folder} does not exist") from exc
-    except OSError as exc:
-        raise StoreOpenError(str(path), _os_reason(exc)) from exc
-    return path.resolve().as_uri() + "?mode=ro"
-
-
-def _try_open(path: Path) -> None:
-    """Open and close ``path`` with SQLite: raise what the open raises."""
-    sqlite3.connect(path).close()
-
-
-def _lock(path: Path) -> int:
-    """Take the lock that lets one ysyncd at a time serve ``path``; return its fd.
-
-    An ``flock`` on a file next to the database rather than a lock on the
-    database itself: SQLite locks the database with POSIX (fcntl) locks, and a
-    process loses all of those when it closes any descriptor of that file. A
-    plain SQLite connection (a read-only worker, a backup) ignores this lock.
-    The lock file is never deleted: deleting it while another process is about
-    to lock it would let two servers each hold a lock on a different file.
-    """
-    lock_path = path.resolve().with_name(path.resolve().name + "-lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        reason = f"cannot open its lock file {lock_path}: {_os_reason(exc)}"
-        raise StoreOpenError(str(path), reason) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        pid = f" (pid {holder})" if holder.isdigit() else ""
-        raise StoreInUse(str(path), f"in use by another ysyncd{pid}") from exc
-    except OSError as exc:
-        os.close(fd)
-        reason = f"cannot lock {lock_path}: {_os_reason(exc)}"
-        raise StoreOpenError(str(path), reason) from exc
-    # For the message above, in the next ysyncd that tries.
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-async def _check_owner(db: aiosqlite.Connection, path: Path) -> None:
-    """Refuse a database of another program or of a newer ysyncd; only reads."""
-    version = await _user_version(db)
-    rows = await db.execute_fetchall(
-        "SELECT name FROM sqlite_master WHERE type = 'table'"
-    )
-    tables = {str(name) for (name,) in rows}
-    if version > SCHEMA_VERSION and (not tables or "meta" in tables):
-        raise _newer_schema(path, version)
-    if version == 0 and not tables:
-        return  # a new or empty file: ours to set up
-    if version == 0 or not _TABLES <= tables:
-        others = sorted(tables - _TABLES)
-        listing = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        detail = (
-            f"it has other tables: {listing}"
-            if others
-            else f"user_version {version} but no ysyncd tables"
-        )
-        raise ForeignDatabase(
-            str(path), f"not a ysyncd database ({detail}); left unchanged"
-        )
-
-
-async def _set_up(db: aiosqlite.Connection, path: Path, synchronous: str) -> str:
-    """Set the connection's pragmas and migrate; return the store epoch."""
-    # Before any table exists, so that compaction can hand pages back.
-    await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    await db.execute("PRAGMA journal_mode = WAL")
-    await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-    await db.execute("PRAGMA foreign_keys = ON")
-    return await _migrate(db, path)
-
-
-async def _user_version(db: aiosqlite.Connection) -> int:
-    rows = await db.execute_fetchall("PRAGMA user_version")
-    return int(next(iter(rows))[0])
-
-
-def _newer_schema(path: Path, version: int) -> SchemaError:
-    return SchemaError(
-        str(path),
-        f"database schema version {version} is newer than this ysyncd "
-        f"understands ({SCHEMA_VERSION}); upgrade ysyncd",
-    )
-
-
-def _open_error(path: Path, exc: sqlite3.Error, busy_timeout: float) -> StoreOpenError:
-    """Say in a few words why SQLite could not open the database at ``path``."""
-    code = exc.sqlite_errorcode & 0xFF  # the primary code of an extended one
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        reason = f"locked by another process (still locked after {busy_timeout:g} s)"
-    elif code == sqlite3.SQLITE_NOTADB:
-        reason = "not a SQLite database"
-    elif code == sqlite3.SQLITE_CORRUPT:
-        reason = f"corrupt SQLite database ({exc})"
-    elif code in (
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_PERM,
-    ):
-        reason = _access_reason(path, exc)
-    elif code == sqlite3.SQLITE_FULL:
-        reason = "the disk is full"
-    else:
-        reason = str(exc)
-    return StoreOpenError(str(path), reason)
-
-
-def _access_reason(path: Path, exc: sqlite3.Error) -> str:
-    """Why SQLite could not open or write the file: usually a permission."""
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return "permission denied (ysyncd reads and writes it)"
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        # SQLite creates the file, and its -wal and -shm files, there.
-        return f"permission denied in directory {path.parent}"
-    return f"cannot open it ({exc})"
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror.lower() if exc.strerror else str(exc)
-
-
-async def _migrate(db: aiosqlite.Connection, path: Path) -> str:
-    """Bring the schema up to :data:`SCHEMA_VERSION`; return the store epoch."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        # Read inside the write transaction, so that it cannot change meanwhile.
-        version = await _user_version(db)
-        if version > SCHEMA_VERSION:
-            raise _newer_schema(path, version)
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {step}")
-        await db.execute(
-            "INSERT INTO meta (key, value) VALUES ('epoch', ?) "
-            "ON CONFLICT (key) DO NOTHING",
-            (uuid.uuid4().hex,),
-        )
-        await db.commit()
-    except BaseException:
-        await db.rollback()
-        raise
-    rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'epoch'")
-    return str(next(iter(rows))[0])
+def _row_name(row_id: int | None, reason: str) -> str:
+    return f"{'snapshot' if row_id is None else f'row {row_id}'}: {reason}"
