@@ -10,6 +10,7 @@ import pytest
 from tests.hostile import hostile, rooms  # noqa: F401 - fixtures
 from tests.serverproc import ServerProcess, running_server
 from tests.services import (  # noqa: F401 - fixtures
+    any_db,
     own_postgres,
     own_redis,
     pg_url,

@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -112,6 +113,15 @@ async def pg_url(
     url = await postgres_server.create_database(name)
     yield url
     await postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``--db`` for each store a server runs on: a SQLite file, then a new
+    database on the shared PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "any.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

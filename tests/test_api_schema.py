@@ -3,10 +3,10 @@
 schemathesis reads ``/api/openapi.json`` from a real server, generates
 requests for every operation (valid and invalid ones), and checks each
 answer: never a 5xx, and status code, content type, headers and body as the
-document says. It runs twice: with the admin token, which opens everything,
-and with a room token from a real token file, which the authorizer decides
-on. Rooms exist beforehand, edited by a real client, so that reads find
-documents, not only 404s.
+document says. It runs with the admin token, which opens everything, and
+with a room token from a real token file, which the authorizer decides on;
+each on SQLite and on PostgreSQL. Rooms exist beforehand, edited by a real
+client, so that reads find documents, not only 404s.
 
 Every check schemathesis has runs but one, ``positive_data_acceptance``: it
 expects any string the document allows to be accepted, and a room name's
@@ -46,13 +46,14 @@ def schemathesis_cli() -> list[str]:
 async def test_every_answer_matches_the_openapi_document(
     tmp_path: Path,
     token_file: Path,  # noqa: F811 - the fixture
+    any_db: str,
     who: str,
 ) -> None:
     admin = tmp_path / "admin.token"
     admin.write_text(ADMIN)
     args = ("--auth", "token", "--token-file", str(token_file))
     async with running_server(
-        tmp_path / "schema.db", *args, "--admin-token-file", str(admin)
+        any_db, *args, "--admin-token-file", str(admin)
     ) as server:
         auth = {"additional_headers": {"Authorization": f"Bearer {ALICE}"}}
         for room in ("notes/plan", "notes/second"):

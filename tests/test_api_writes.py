@@ -10,7 +10,6 @@ changes nothing; a body over the message limit gets 413.
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import httpx
 from pycrdt import Array, Doc, Map, Text
@@ -49,11 +48,12 @@ def content(doc: Doc) -> dict[str, object]:
 
 
 async def test_a_posted_update_reaches_js_clients_once_durable(
-    tmp_path: Path,
+    any_db: str,
 ) -> None:
+    """On SQLite and on PostgreSQL."""
     require_node()
     async with (
-        running_server(tmp_path / "w.db", "--max-message-bytes", "65536") as server,
+        running_server(any_db, "--max-message-bytes", "65536") as server,
         JsClient.start(server.url, "board") as alice,
     ):
         await alice.call("wait_synced")

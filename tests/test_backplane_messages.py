@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ysyncd import cluster
 from ysyncd.backplane.messages import (
     Awareness,
+    Deleted,
     Heartbeat,
     Message,
     Sequences,
@@ -34,6 +35,7 @@ messages = st.one_of(
         st.lists(st.binary(max_size=40), max_size=5),
     ),
     st.builds(Awareness, origins, st.binary(max_size=40)),
+    st.builds(Deleted, origins),
     st.builds(
         Heartbeat,
         origins,

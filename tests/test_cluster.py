@@ -29,6 +29,7 @@ from tests.services import PostgresServer, RedisServer
 from tests.timing import scaled, wait_until
 from tests.yclient import YClient, stored_content
 from ysyncd import protocol
+from ysyncd.api import ROOM_DELETED
 from ysyncd.backplane.messages import Heartbeat, Updates, encode
 from ysyncd.store import open_store
 from ysyncd.store.snapshot import doc_from_updates
@@ -117,6 +118,38 @@ async def test_a_sync_answer_goes_to_its_one_peer_only(
             later = watcher.received[seen:]
             assert [type(m) for m in later] == [protocol.Update], later
             assert str(watcher.text) == ">committed once"
+
+
+async def test_a_room_deleted_on_one_node_is_gone_from_every_node(
+    pg_url: str, redis_url: str
+) -> None:
+    """``DELETE /api/rooms/{room}`` on node A closes the room's peers on node
+    B too (4410); B's next edit in that room, on a room id it remembered,
+    still commits (the id is looked up again), and starts the room afresh:
+    nothing of the deleted document comes back."""
+    async with running_cluster(pg_url, redis_url, 2) as (a, b):
+        async with (
+            YClient.connect(a.url, "doomed") as on_a,
+            YClient.connect(b.url, "doomed") as on_b,
+        ):
+            on_a.text.insert(0, "secret plans")
+            await on_a.wait_confirmed()
+            await on_b.wait(lambda: str(on_b.text) == "secret plans", "the sync")
+            on_b.text.insert(len(on_b.text), " and more")  # B remembers the id
+            await on_b.wait_confirmed()
+            await on_a.wait(lambda: str(on_a.text).endswith("more"), "B's edit")
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+                resp = await http.delete(f"{a.http_url}/api/rooms/doomed")
+            assert resp.status_code == 200, resp.text
+            for client in (on_a, on_b):
+                await client.wait(lambda c=client: c.close_code is not None, "close")
+                assert client.close_code == ROOM_DELETED
+        async with YClient.connect(b.url, "doomed") as again:
+            assert str(again.text) == ""
+            again.text.insert(0, "fresh start")
+            await again.wait_confirmed()
+        async with YClient.connect(a.url, "doomed") as check:
+            await check.wait(lambda: str(check.text) == "fresh start", "the new room")
 
 
 async def test_a_killed_node_loses_no_echoed_edit_and_its_cursors_go(

@@ -80,6 +80,24 @@ async def test_read_beside_a_running_server_write_only_without_one(
         status, _, err = await ysyncd("compact", "--db", str(db))
         assert status == 1
         assert "in use by another ysyncd" in err and "stop the server" in err
+        # ... unless it goes through the server's API: a client sees it.
+        live: Doc = Doc()
+        live.get("text", type=Text).insert(0, "[live] ")
+        through = tmp_path / "through.update"
+        through.write_bytes(live.get_update())
+        async with YClient.connect(server.url, "other") as watcher:
+            status, out, err = await ysyncd(
+                "import", "other", str(through), "--url", server.http_url
+            )
+            assert status == 0, err
+            assert "merged" in out
+            await watcher.wait(lambda: "[live] " in str(watcher.text), "the import")
+        bad = tmp_path / "bad.update"
+        bad.write_bytes(b"\x01\x02\x03not an update")
+        status, _, err = await ysyncd(
+            "import", "other", str(bad), "--url", server.http_url
+        )
+        assert status == 1 and "400" in err
 
     # Another document's edits, merged into the room offline.
     other: Doc = Doc()

@@ -9,7 +9,6 @@ just before the restore brings everything back.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,11 +39,11 @@ async def restore(server: ServerProcess, room: str, at: float) -> Any:
 
 
 async def test_restore_brings_every_client_back_and_can_be_undone(
-    tmp_path: Path,
+    any_db: str,
 ) -> None:
     require_node()
     async with (
-        running_server(tmp_path / "r.db") as server,
+        running_server(any_db) as server,
         JsClient.start(server.url, "story") as alice,
         JsClient.start(server.url, "story") as bob,
     ):
@@ -84,12 +83,12 @@ async def test_restore_brings_every_client_back_and_can_be_undone(
             assert fresh.content() == latest
 
 
-async def test_restore_reaches_back_past_compactions(tmp_path: Path) -> None:
+async def test_restore_reaches_back_past_compactions(any_db: str) -> None:
     """Compactions fold the log every 10 rows; the rows they fold stay in the
     room's history, so a moment before several of them is still read
     (``?at=``) and restored exactly."""
     async with (
-        running_server(tmp_path / "c.db", "--compact-after", "10") as server,
+        running_server(any_db, "--compact-after", "10") as server,
         YClient.connect(server.url, "log") as client,
     ):
         client.text.insert(0, "early words")

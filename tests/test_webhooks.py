@@ -98,10 +98,13 @@ async def edit_burst(client: YClient, n: int, tag: str) -> None:
     await client.wait_confirmed()
 
 
-async def test_one_signed_post_per_burst(tmp_path: Path, receiver: Receiver) -> None:
+async def test_one_signed_post_per_burst(
+    tmp_path: Path, any_db: str, receiver: Receiver
+) -> None:
+    """On SQLite and on PostgreSQL."""
     args = server_args(tmp_path, receiver, debounce=0.5)
     async with (
-        running_server(tmp_path / "w.db", *args) as server,
+        running_server(any_db, *args) as server,
         YClient.connect(server.url, "notes") as notes,
         YClient.connect(server.url, "todo") as todo,
     ):

@@ -59,7 +59,7 @@ from ysyncd.rendering import document_json, jupyter_json
 from ysyncd.restore import RestoreFailed, restoring_update
 from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry, Setup
-from ysyncd.roomtypes import RoomFailed
+from ysyncd.roomtypes import ROOM_DELETED, RoomFailed
 from ysyncd.routes import respond
 from ysyncd.stats import Stats
 from ysyncd.store.base import History, RoomSummary
@@ -76,8 +76,6 @@ __all__ = [
 
 #: Where the API lives.
 API = "/api/"
-#: The close code of a deleted room's peers.
-ROOM_DELETED = 4410
 #: The author stored with what the admin token writes.
 ADMIN_USER = "admin"
 _ROOMS = "/api/rooms"
@@ -223,6 +221,7 @@ class DocumentsApi:
             room.fail(ROOM_DELETED, "room deleted")
             await _durable(room)  # nothing left to commit after the delete
         existed = await self.committer.store.delete(located.key)
+        self.registry.deleted(located.key)  # the other nodes drop it too
         if not existed and room is None:
             return _json(conn, 404, {"error": f"no room {located.name!r}"})
         return _json(conn, 200, {"deleted": located.key})

@@ -36,6 +36,7 @@ from pycrdt import Doc
 
 from ysyncd.backplane.messages import (
     Awareness,
+    Deleted,
     Heartbeat,
     Message,
     Sequences,
@@ -80,6 +81,8 @@ class Backplane(Protocol):
     def publish_updates(self, room: str, updates: list[bytes]) -> None: ...
 
     def publish_awareness(self, room: str, update: bytes) -> None: ...
+
+    def publish_deleted(self, room: str) -> None: ...
 
     def lease(self, name: str) -> Lease: ...
 
@@ -146,6 +149,8 @@ class Cluster:
         self._tg = task_group
         self.backplane: Backplane | None = None
         self.read_doc: ReadDoc | None = None
+        #: Told when another node deleted a room (the registry drops it).
+        self.on_deleted: Callable[[str], None] | None = None
         self._links: dict[str, _Link] = {}
         self._alive: dict[bytes, float] = {}
         self._repairs = anyio.Semaphore(_REPAIRS_AT_ONCE)
@@ -220,6 +225,11 @@ class Cluster:
             for updates in parts:
                 self.backplane.publish_updates(room, updates)
 
+    def deleted(self, key: str) -> None:
+        """This node deleted ``key``: the others drop it too."""
+        if self.backplane is not None:
+            self.backplane.publish_deleted(key)
+
     def report(self, stats: Stats) -> None:
         """Show the backplane's state and traffic in ``/metrics``."""
         backplane = self.backplane
@@ -261,6 +271,10 @@ class Cluster:
         if room is None:
             if isinstance(message, Heartbeat):
                 self._on_heartbeat(message)
+            return
+        if isinstance(message, Deleted):
+            if self.on_deleted is not None and room in self._links:
+                self.on_deleted(room)
             return
         link = self._links.get(room)
         if link is None:
@@ -458,6 +472,9 @@ class _Space:
 
     def publish_awareness(self, room: str, update: bytes) -> None:
         self._inner.publish_awareness(self._prefix + room, update)
+
+    def publish_deleted(self, room: str) -> None:
+        self._inner.publish_deleted(self._prefix + room)
 
     def lease(self, name: str) -> Lease:
         return self._inner.lease(self._prefix + name)

@@ -1,5 +1,5 @@
 """Commands that work on a store without a server: ``ysyncd rooms``,
-``export``, ``import`` and ``compact``.
+``export``, ``import``, ``compact``, ``backup``, ``verify`` and ``migrate``.
 
 They take ``--db`` as ``ysyncd serve`` does (the same setting: a SQLite file
 or a PostgreSQL URL, ``$YSYNCD_DB``; cli.py adds it). Reading commands
@@ -8,7 +8,8 @@ so they work beside a running server, and a SQLite reader sees only
 committed rows. Writing commands (``import``, ``compact``) take the store as
 a server would, so they refuse to run while a server holds it (SQLite's
 lock file, PostgreSQL's node lock): two writers would each keep their own
-idea of a room.
+idea of a room. ``import --url`` goes through a running server's HTTP API
+instead, as any client's edit does.
 
 An import is checked as a client's update is (shape limits, then applied to
 the room's document) and stored as one more row: a merge, never a
@@ -23,11 +24,13 @@ import datetime
 import json
 import sqlite3
 import sys
+import urllib.parse
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import httpx
 from pycrdt import Doc
 
 from ysyncd.errors import (
@@ -162,9 +165,24 @@ def export(
 @click.command("import")
 @click.argument("room")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-def import_(db: str, room: str, file: Path) -> None:
+@click.option(
+    "--url",
+    default="",
+    help="Go through the running server at this http(s):// URL (its "
+    "POST /api/rooms/{room}/update) instead of opening --db, which it holds.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --url: a file holding the token to present (the admin token, "
+    "or one that may write ROOM).",
+)
+def import_(db: str, room: str, file: Path, url: str, token_file: Path | None) -> None:
     """Merge the Yjs update (v1) in FILE into ROOM, as one stored row."""
     update = file.read_bytes()
+    if url:
+        _post_update(url, room, update, token_file)
+        return
 
     async def merge() -> bool:
         store = await _opened(db, read_only=False)
@@ -187,6 +205,26 @@ def import_(db: str, room: str, file: Path) -> None:
         click.echo(f"{room}: merged {len(update)} bytes")
     else:
         click.echo(f"{room}: nothing new in {file}")
+
+
+def _post_update(url: str, room: str, update: bytes, token_file: Path | None) -> None:
+    """``import`` through a running server's HTTP API."""
+    headers = {"Content-Type": "application/octet-stream"}
+    if token_file is not None:
+        headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+    target = f"{url.rstrip('/')}/api/rooms/{urllib.parse.quote(room, safe='')}/update"
+    try:
+        resp = httpx.post(target, content=update, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"{url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise click.ClickException(
+            f"{url} answered {resp.status_code}: {resp.text.strip()[:200]}"
+        )
+    changed = resp.json().get("changed")
+    click.echo(
+        f"{room}: merged {len(update)} bytes" if changed else f"{room}: nothing new"
+    )
 
 
 @click.command("compact")

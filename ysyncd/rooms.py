@@ -45,7 +45,7 @@ from ysyncd.errors import StoreError, YsyncdError
 from ysyncd.integrate import UpdatePolicy, apply_pieces
 from ysyncd.presence import AwarenessPolicy
 from ysyncd.room import Room
-from ysyncd.roomtypes import FanOut, send_each
+from ysyncd.roomtypes import ROOM_DELETED, FanOut, send_each
 from ysyncd.store import StoredRoom
 from ysyncd.store.snapshot import doc_from_updates, prepare
 from ysyncd.worker import Worker
@@ -85,6 +85,7 @@ class RoomRegistry:
         self._cluster = cluster
         if cluster is not None:
             cluster.read_doc = self.read_doc
+            cluster.on_deleted = self._deleted_elsewhere
         self._fan_out = fan_out
         self._updates = updates
         self._worker = worker
@@ -148,6 +149,16 @@ class RoomRegistry:
             if eviction is not None:
                 eviction.cancel()
         return room
+
+    def deleted(self, key: str) -> None:
+        """``key`` was deleted here: tell the other nodes, which drop it."""
+        if self._cluster is not None:
+            self._cluster.deleted(key)
+
+    def _deleted_elsewhere(self, key: str) -> None:
+        room = self.remove(key)
+        if room is not None:
+            room.fail(ROOM_DELETED, "room deleted")
 
     def release(self, room: Room) -> None:
         """Stop counting one use; schedule eviction when nobody uses the room."""

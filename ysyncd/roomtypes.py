@@ -13,7 +13,18 @@ from typing import Any, Protocol
 
 from pycrdt import Doc
 
-__all__ = ["FanOut", "PeerLike", "RoomDocument", "RoomFailed", "send_each"]
+__all__ = [
+    "ROOM_DELETED",
+    "FanOut",
+    "PeerLike",
+    "RoomDocument",
+    "RoomFailed",
+    "send_each",
+]
+
+#: The close code of a deleted room's peers (DELETE /api/rooms/{room}), on
+#: every node.
+ROOM_DELETED = 4410
 
 
 class RoomFailed(Exception):

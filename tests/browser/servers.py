@@ -182,7 +182,7 @@ async def _connections(ysyncd: ServerProcess) -> int:
     async with httpx.AsyncClient(trust_env=False, timeout=scaled(10)) as http:
         resp = await http.get(ysyncd.http_url + "/metrics")
     resp.raise_for_status()
-    match = re.search(r"^ysyncd_connections (\d+)$", resp.text, re.M)
+    match = re.search(r"^ysyncd_connections (\d+)(\.0)?$", resp.text, re.M)
     assert match, f"no ysyncd_connections in /metrics:\n{resp.text}"
     return int(match[1])
 

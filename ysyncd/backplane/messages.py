@@ -1,12 +1,14 @@
 """What nodes tell each other through the backplane, and how gaps are found.
 
-Pure: bytes in, values out, no I/O. Three kinds of message, each from one
+Pure: bytes in, values out, no I/O. Four kinds of message, each from one
 *origin* (a node's id, new with every process):
 
 * :class:`Updates`: updates its node has committed to the shared store, on the
   room's channel, numbered per origin and room (1, 2, 3, ...).
 * :class:`Awareness`: an awareness update its node relayed, on the room's
   channel. Never stored.
+* :class:`Deleted`: its node deleted the room (``DELETE /api/rooms/...``):
+  the others close its peers and drop it from memory.
 * :class:`Heartbeat`: once a second on the nodes' channel: the node is alive,
   and the last number it gave each room it published to lately, so that a
   lost *last* message is noticed too.
@@ -35,6 +37,7 @@ __all__ = [
     "LEASE_SECONDS",
     "ORIGIN_BYTES",
     "Awareness",
+    "Deleted",
     "Heartbeat",
     "Message",
     "Sequences",
@@ -54,7 +57,7 @@ HEARTBEAT_SECONDS = 1.0
 LEASE_SECONDS = 5.0
 LEASE_RENEW = 1.0
 LEASE_MARGIN = 1.0
-_UPDATES, _AWARENESS, _HEARTBEAT = b"U", b"A", b"H"
+_UPDATES, _AWARENESS, _HEARTBEAT, _DELETED = b"U", b"A", b"H", b"D"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,13 @@ class Awareness:
 
 
 @dataclass(frozen=True, slots=True)
+class Deleted:
+    """``origin``'s node deleted the room, from the store and from memory."""
+
+    origin: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """``origin`` is alive; the last number it gave each room it published to
     lately; rooms whose messages it had to drop (the others repair them)."""
@@ -86,7 +96,7 @@ class Heartbeat:
     lossy: list[str] = field(default_factory=list)
 
 
-Message = Updates | Awareness | Heartbeat
+Message = Updates | Awareness | Deleted | Heartbeat
 
 
 def encode(message: Message) -> bytes:
@@ -99,6 +109,8 @@ def encode(message: Message) -> bytes:
                 parts += (write_var_uint(len(update)), update)
         case Awareness(origin, update):
             parts = [_AWARENESS, origin, write_var_uint(len(update)), update]
+        case Deleted(origin):
+            parts = [_DELETED, origin]
         case Heartbeat(origin, latest, lossy):
             parts = [_HEARTBEAT, origin, write_var_uint(len(latest))]
             for room, seq in latest.items():
@@ -128,6 +140,8 @@ def decode(data: bytes) -> Message:
         )
     elif kind == _AWARENESS:
         message = Awareness(origin, reader.var_bytes())
+    elif kind == _DELETED:
+        message = Deleted(origin)
     elif kind == _HEARTBEAT:
         count = reader.var_uint()
         if count > reader.remaining:

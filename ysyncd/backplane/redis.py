@@ -41,6 +41,7 @@ from ysyncd.backplane.messages import (
     LEASE_MARGIN,
     LEASE_SECONDS,
     Awareness,
+    Deleted,
     Heartbeat,
     Message,
     Updates,
@@ -212,6 +213,10 @@ class RedisBackplane:
     def publish_awareness(self, room: str, update: bytes) -> None:
         """Queue an awareness update this node relayed in ``room``."""
         self._queue(room, encode(Awareness(self.node, update)))
+
+    def publish_deleted(self, room: str) -> None:
+        """Queue word that this node deleted ``room``."""
+        self._queue(room, encode(Deleted(self.node)))
 
     def _queue(self, room: str, data: bytes) -> None:
         if len(self._outbox) >= _OUTBOX_MAX:

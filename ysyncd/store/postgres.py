@@ -304,6 +304,11 @@ class PostgresStore:
                 await writer.execute(
                     _APPEND, room_ids, [u for _, u in batch], self._clock(), who
                 )
+        except asyncpg.ForeignKeyViolationError as exc:
+            # Another node deleted a room whose id we remember: the retry
+            # (the committer's) looks every id up again.
+            self._room_ids.clear()
+            raise StoreError(f"append failed: {exc}") from exc
         except _DB_ERRORS as exc:
             raise StoreError(f"append failed: {exc}") from exc
 
