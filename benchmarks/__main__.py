@@ -56,8 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default="ysyncd,node",
-        help="comma-separated servers to run (default: ysyncd,node)",
+        default="ysyncd,node,relay",
+        help="comma-separated servers to run (default: ysyncd,node,relay; relay"
+        " is the floor, and runs only where a case needs no document)",
     )
     parser.add_argument(
         "--rounds",

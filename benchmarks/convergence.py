@@ -35,10 +35,19 @@ async def reader_state(url: str, room: str) -> tuple[DocState, int]:
         await reader.close()
 
 
-async def check_room(url: str, room: str, clients: Sequence[Client]) -> list[str]:
-    """Problems found in one room; an empty list means it converged."""
+async def check_room(
+    url: str, room: str, clients: Sequence[Client], *, reader: bool = True
+) -> list[str]:
+    """Problems found in one room; an empty list means it converged.
+
+    Each client is compared with a fresh reader of the room; with ``reader``
+    False (a server that keeps no document: the relay), with the first client.
+    """
     problems = [p for c in clients if (p := c.problem()) is not None]
-    reference, _ = await reader_state(url, room)
+    if reader:
+        reference, _ = await reader_state(url, room)
+    else:
+        reference = client_state(clients[0])
     for client in clients:
         state = client_state(client)
         if state != reference:

@@ -2,7 +2,9 @@
 
 Each value in the table is the median over the rounds whose run converged. A
 latency metric has a p50 and a p99 row, each the median over rounds of that
-round's percentile. The ratio column is ysyncd's median over node's.
+round's percentile. The ratio column is ysyncd's median over node's; where
+the relay floor ran (fanout and throughput), a second one is ysyncd's over
+the relay's: what ysyncd's own work costs beyond its Python stack.
 
 The cluster cases have a table of their own: their columns are the servers of
 their reference case (the same load in fanout or throughput), then their own
@@ -28,6 +30,7 @@ from benchmarks.scenarios.cluster import (
     closing_note,
 )
 from benchmarks.scenarios.idle import IdleCase
+from benchmarks.servers import FLOOR
 from benchmarks.stats import median
 
 __all__ = ["CaseSummary", "summarize", "write_reports"]
@@ -97,6 +100,8 @@ class Row:
     rounds: dict[str, list[float]]
     medians: dict[str, float | None]
     ratio: float | None
+    #: ysyncd's median over the relay floor's (when the relay ran).
+    floor: float | None = None
 
 
 @dataclass(slots=True)
@@ -152,7 +157,8 @@ def summarize(
             }
             medians = {s: median(v) if v else None for s, v in per_round.items()}
             ratio = _ratio(medians, case.ratio)
-            rows.append(Row(metric, per_round, medians, ratio))
+            floor = _ratio(medians, (case.ratio[0], FLOOR))
+            rows.append(Row(metric, per_round, medians, ratio, floor))
         failures = [_failure(r) for r in own if not r.ok]
         summaries.append(CaseSummary(case, columns, rows, converged, failures))
     return summaries
@@ -184,16 +190,21 @@ def _table(summaries: Sequence[CaseSummary]) -> list[str]:
     servers = summaries[0].columns
     pair = summaries[0].case.ratio
     with_ratio = pair[0] in servers and pair[1] in servers
+    with_floor = pair[0] in servers and FLOOR in servers
     head = ["scenario", "case", "metric", "unit", *servers]
     if with_ratio:
         head.append(f"{pair[0]}/{pair[1]}")
+    if with_floor:
+        head.append(f"{pair[0]}/{FLOOR}")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for summary in summaries:
         case = summary.case
         cells = [case.scenario, case.name, "converged runs", ""]
-        cells += [f"{ok}/{n}" for ok, n in (summary.converged[s] for s in servers)]
-        if with_ratio:
-            cells.append("")
+        cells += [
+            f"{ok}/{n}" if n else "—"  # not run (the relay needs no document)
+            for ok, n in (summary.converged[s] for s in servers)
+        ]
+        cells += [""] * (with_ratio + with_floor)
         lines.append("| " + " | ".join(cells) + " |")
         for row in summary.rows:
             arrow = "↑" if row.metric.higher_is_better else "↓"
@@ -201,6 +212,8 @@ def _table(summaries: Sequence[CaseSummary]) -> list[str]:
             cells += [_fmt(row.medians[s]) for s in servers]
             if with_ratio:
                 cells.append("—" if row.ratio is None else f"{row.ratio:.2f}")
+            if with_floor:
+                cells.append("—" if row.floor is None else f"{row.floor:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -349,6 +362,7 @@ def write_reports(
                     "rounds": row.rounds,
                     "median": row.medians,
                     "ratio": row.ratio,
+                    "floor_ratio": row.floor,
                 }
                 for row in s.rows
             ],

@@ -5,6 +5,8 @@
 * ``node``: the reference ``@y/websocket-server`` from ``benchmarks/node_modules``
   (in memory: it has no persistence unless ``YPERSISTENCE`` is set, which we
   never pass on).
+* ``relay``: the floor (``python -m benchmarks.relay``): ysyncd's stack
+  forwarding frames, with no CRDT and no store.
 
 A server is stopped (SIGTERM, then SIGKILL) when its ``start`` block exits, however
 it exits.
@@ -30,6 +32,7 @@ from pathlib import Path
 from benchmarks import procstat
 
 __all__ = [
+    "FLOOR",
     "NODE_MODULES",
     "SERVERS",
     "RunningServer",
@@ -208,6 +211,8 @@ class ServerSpec(ABC):
     name: str
     #: True when the server stores rooms on disk and keeps them across a restart.
     durable: bool
+    #: False for the relay: it keeps no document, so a fresh reader sees none.
+    stateful: bool = True
 
     def __init__(self) -> None:
         #: Warning and error lines of every server started since the last clear.
@@ -315,4 +320,29 @@ class NodeSpec(ServerSpec):
         return re.compile(r"running at"), "stdout"
 
 
-SERVERS: dict[str, ServerSpec] = {"ysyncd": YsyncdSpec(), "node": NodeSpec()}
+class RelaySpec(ServerSpec):
+    """The floor: ysyncd's Python stack relaying frames (benchmarks/relay.py)."""
+
+    name = "relay"
+    durable = False
+    stateful = False
+
+    def _command(
+        self, data_dir: Path, args: Sequence[str]
+    ) -> tuple[list[str], dict[str, str], int]:
+        if args:
+            raise ValueError("the relay takes no storage options")
+        argv = [sys.executable, "-m", "benchmarks.relay", "--port", "0"]
+        return argv, dict(os.environ), 0
+
+    def _ready_pattern(self) -> tuple[re.Pattern[str], str]:
+        return re.compile(r"listening on ws://127\.0\.0\.1:(\d+)"), "stderr"
+
+
+SERVERS: dict[str, ServerSpec] = {
+    "ysyncd": YsyncdSpec(),
+    "node": NodeSpec(),
+    "relay": RelaySpec(),
+}
+#: The server whose column is the floor: ysyncd's stack with no work of its own.
+FLOOR = "relay"

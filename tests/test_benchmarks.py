@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_both_servers_and_converges(tmp_path: Path) -> None:
-    """``python -m benchmarks --quick`` exits 0 with results for ysyncd and node."""
+    """``python -m benchmarks --quick`` exits 0 with results for ysyncd, node
+    and the relay floor (where a case needs no document)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("node and npm are required on CI")
@@ -50,10 +51,16 @@ def test_quick_benchmark_runs_both_servers_and_converges(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
     assert "ysyncd/node" in table
+    assert "ysyncd/relay" in table
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    servers = {"ysyncd", "node"} | ({"ysyncd-pg", "ysyncd-pg-2"} if cluster else set())
+    servers = {"ysyncd", "node", "relay"}
+    servers |= {"ysyncd-pg", "ysyncd-pg-2"} if cluster else set()
     assert {run["server"] for run in runs} == servers
-    scenarios = {"fanout", "throughput", "idle", "coldjoin", "awareness"}
+    assert {run["scenario"] for run in runs if run["server"] == "relay"} == {
+        "fanout",
+        "throughput",
+    }
+    scenarios = {"fanout", "throughput", "idle", "coldjoin", "massjoin", "awareness"}
     assert {run["scenario"] for run in runs} >= scenarios | (
         {"cluster"} if cluster else set()
     )

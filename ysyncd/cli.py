@@ -250,7 +250,7 @@ def _run(main: Coroutine[Any, Any, int], choice: str) -> int:
         except ImportError:
             if choice == "uvloop":
                 raise click.UsageError(
-                    "--loop uvloop needs uvloop: pip install 'ysyncd[uvloop]'"
+                    "--loop uvloop needs uvloop: pip install uvloop"
                 ) from None
         else:
             return uvloop.run(main)

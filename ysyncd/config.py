@@ -80,8 +80,8 @@ class Settings:
     )
     loop: str = _setting(
         "auto",
-        "Event loop. auto uses uvloop when it is installed (pip install "
-        "'ysyncd[uvloop]'), else asyncio's own.",
+        "Event loop. auto uses uvloop when it is installed (a default "
+        "dependency wherever it builds), else asyncio's own.",
         choices=("auto", "asyncio", "uvloop"),
     )
     room_idle_seconds: float = _setting(

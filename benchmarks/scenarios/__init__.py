@@ -10,11 +10,20 @@ from benchmarks.scenarios.cluster import ClusterFanoutCase, ClusterThroughputCas
 from benchmarks.scenarios.coldjoin import ColdJoinCase
 from benchmarks.scenarios.fanout import FanoutCase
 from benchmarks.scenarios.idle import IdleCase
+from benchmarks.scenarios.massjoin import MassJoinCase
 from benchmarks.scenarios.throughput import ThroughputCase
 
 __all__ = ["SCENARIOS", "Case", "Metric", "Outcome", "RunContext", "build_cases"]
 
-SCENARIOS = ("fanout", "throughput", "idle", "coldjoin", "awareness", "cluster")
+SCENARIOS = (
+    "fanout",
+    "throughput",
+    "idle",
+    "coldjoin",
+    "massjoin",
+    "awareness",
+    "cluster",
+)
 
 
 def _fanout(quick: bool) -> list[Case]:
@@ -35,19 +44,34 @@ def _throughput(quick: bool) -> list[Case]:
 
 def _idle(quick: bool) -> list[Case]:
     if quick:
-        return [IdleCase(500, 2.0, 16), IdleCase(1_000, 1.0, 16, rounds=1)]
+        return [
+            IdleCase(500, 2.0, 16),
+            IdleCase(500, 2.0, 16, empty=True),
+            IdleCase(1_000, 1.0, 16, rounds=1),
+        ]
     # The 5,000-room window falls between the servers' ping rounds (ysyncd pings
     # each peer every 20 s, Node every 30 s); the 10,000-room one is 30 s long,
     # so it holds one ping round of each at least. That case also checks the
     # memory target (under 1 GiB for ysyncd), and runs once per server because
     # connecting 10k clients takes a while.
-    return [IdleCase(5_000, 5.0, 16), IdleCase(10_000, 30.0, 16, rounds=1)]
+    return [
+        IdleCase(5_000, 5.0, 16),
+        # Empty documents: what a room costs when nobody has typed in it.
+        IdleCase(5_000, 5.0, 16, empty=True),
+        IdleCase(10_000, 30.0, 16, rounds=1),
+    ]
 
 
 def _coldjoin(quick: bool) -> list[Case]:
     # Server CPU is read in 10 ms ticks: ten later joins make that 1 ms each.
     sizes, joins = ((2_000, 10_000), 3) if quick else ((20_000, 100_000), 11)
     return [ColdJoinCase(size, joins, ingest_window=256) for size in sizes]
+
+
+def _massjoin(quick: bool) -> list[Case]:
+    # A class opening the lecture notebook: y/hub publishes 19 s p50, 30 s
+    # p99 and 6.5 GB for 150 joiners of a 20 MB document.
+    return [MassJoinCase(2, 20)] if quick else [MassJoinCase(20, 150)]
 
 
 def _awareness(quick: bool) -> list[Case]:
@@ -89,6 +113,7 @@ _BUILDERS = {
     "throughput": _throughput,
     "idle": _idle,
     "coldjoin": _coldjoin,
+    "massjoin": _massjoin,
     "awareness": _awareness,
     "cluster": _cluster,
 }

@@ -95,14 +95,18 @@ class Case(ABC):
 
     #: The two columns whose ratio the table shows, when both ran.
     ratio: ClassVar[tuple[str, str]] = ("ysyncd", "node")
+    #: Whether a server that keeps no document (the relay floor) can run it.
+    stateless_ok: ClassVar[bool] = False
 
     @property
     @abstractmethod
     def name(self) -> str: ...
 
     def servers(self, chosen: Sequence[ServerSpec]) -> list[ServerSpec]:
-        """What this case runs against, given the servers of ``--servers``."""
-        return list(chosen)
+        """What this case runs against, given the servers of ``--servers``:
+        a server that keeps no document (the relay) only where the case
+        needs none."""
+        return [s for s in chosen if s.stateful or self.stateless_ok]
 
     @property
     def reference(self) -> Case | None:

@@ -99,6 +99,7 @@ class FanoutCase(Case):
     window_s: float
 
     scenario: ClassVar[str] = "fanout"
+    stateless_ok: ClassVar[bool] = True
     metrics: ClassVar[tuple[Metric, ...]] = (
         *latency_metrics("latency", "delivery"),
         *usage_metrics("deliveries"),
@@ -126,7 +127,9 @@ class FanoutCase(Case):
                 urls, targets, concurrency=CONNECT_CONCURRENCY
             )
             try:
-                return await self._measure(server, clients, plans, rooms, rng)
+                return await self._measure(
+                    server, clients, plans, rooms, rng, spec.stateful
+                )
             finally:
                 await abort_all(clients)
 
@@ -137,6 +140,7 @@ class FanoutCase(Case):
         plans: list[list[Framed]],
         rooms: list[str],
         rng: random.Random,
+        stateful: bool = True,
     ) -> Outcome:
         period_ns = round(1e9 / self.rate_hz)
         start = time.perf_counter_ns() + _START_DELAY_NS
@@ -189,6 +193,8 @@ class FanoutCase(Case):
         part_values(usage, updates, outcome)
         outcome.info["updates_sent"] = sum(expected)
         for room, group in zip(rooms, groups, strict=True):
-            outcome.problems += await check_room(server.url, room, group)
+            outcome.problems += await check_room(
+                server.url, room, group, reader=stateful
+            )
         server.check_alive()
         return outcome

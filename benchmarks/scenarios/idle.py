@@ -1,4 +1,6 @@
-"""Many idle rooms: one client in each, each having made one small edit.
+"""Many idle rooms: one client in each, each having made one small edit (or,
+with ``empty``, none: the rooms' documents stay empty, as a Jupyter
+deployment's are for the many documents opened and left).
 
 * connect time: all connections (opened ``concurrency`` at a time), and each one
   from the start of its connect until it had the document (p50, p99);
@@ -54,6 +56,8 @@ class IdleCase(Case):
     idle_s: float
     concurrency: int
     rounds: int | None = None
+    #: No edits: every room's document stays empty.
+    empty: bool = False
 
     scenario: ClassVar[str] = "idle"
     metrics: ClassVar[tuple[Metric, ...]] = (
@@ -70,7 +74,11 @@ class IdleCase(Case):
     @property
     def name(self) -> str:
         rounds = "" if self.rounds is None else f", {self.rounds} round"
-        return f"{self.room_count:,} rooms x 1 client, {self.idle_s:g} s idle{rounds}"
+        empty = ", empty documents" if self.empty else ""
+        return (
+            f"{self.room_count:,} rooms x 1 client{empty}, {self.idle_s:g} s idle"
+            f"{rounds}"
+        )
 
     async def run(self, spec: ServerSpec, ctx: RunContext) -> Outcome:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -94,10 +102,11 @@ class IdleCase(Case):
             )
             connect_total = (time.perf_counter_ns() - started) / 1e9
             try:
-                for client, edit in zip(clients, edits, strict=True):
-                    await client.send_update(edit)
                 outcome = Outcome()
-                if not await wait_until(
+                for client, edit in zip(clients, edits, strict=True):
+                    if not self.empty:
+                        await client.send_update(edit)
+                if not self.empty and not await wait_until(
                     lambda: all(c.updates >= 1 or c.problem() for c in clients),
                     DRAIN_TIMEOUT_S,
                 ):
@@ -134,6 +143,8 @@ class IdleCase(Case):
     ) -> list[str]:
         problems: list[str] = []
         for index, client in enumerate(clients):
+            if self.empty:
+                break
             struct = first_struct_id(client.sent[0][1])
             state = client_state(client)
             if struct is None or state.state_vector.get(struct[0], 0) <= struct[1]:

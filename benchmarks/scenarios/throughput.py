@@ -69,6 +69,7 @@ class ThroughputCase(Case):
     plan_size: int
 
     scenario: ClassVar[str] = "throughput"
+    stateless_ok: ClassVar[bool] = True
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("updates_per_s", "updates per second", "1/s", True),
         Metric("cpu_us_per_update", "server CPU per update", "µs"),
@@ -108,7 +109,9 @@ class ThroughputCase(Case):
                 await abort_all(senders)
                 raise
             try:
-                return await self._measure(server, senders, receivers, plans)
+                return await self._measure(
+                    server, senders, receivers, plans, spec.stateful
+                )
             finally:
                 await abort_all([*senders, *receivers])
 
@@ -118,6 +121,7 @@ class ThroughputCase(Case):
         senders: list[Client],
         receivers: list[Client],
         plans: list[list[Framed]],
+        stateful: bool = True,
     ) -> Outcome:
         start = time.perf_counter_ns() + _START_DELAY_NS
         w0 = start + round(self.warmup_s * 1e9)
@@ -170,6 +174,8 @@ class ThroughputCase(Case):
             updates_echoed_in_window=echoed,
             server_cpu_s=usage.server_cpu_s,
         )
-        outcome.problems += await check_room(server.url, ROOM, everyone)
+        outcome.problems += await check_room(
+            server.url, ROOM, everyone, reader=stateful
+        )
         server.check_alive()
         return outcome

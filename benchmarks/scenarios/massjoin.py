@@ -1,0 +1,198 @@
+"""Mass join: a class opens the lecture notebook at once.
+
+A writer puts a big document into a room (``doc_mib`` MiB of text, one MiB
+per update). Then ``joiners`` clients connect at the same moment, each
+asking for the whole document (sync step 1 with the empty state vector).
+Measured:
+
+* time until each joiner is synced: from the start of its connect until its
+  sync step 2 has arrived (p50, p99, and the last one);
+* the server's peak RSS while they join (sampled every 20 ms), and its CPU;
+* the load generator's CPU: receiving ``joiners`` copies of the document
+  costs the client side too, on the same cores.
+
+ysyncd is restarted after the document is written (the database is kept
+for later rounds, as coldjoin's), so the joins find the room on disk, not in
+memory: the first joiner's request loads it while the others wait. The Node
+server keeps rooms in memory only: it is joined warm. Three joiners' copies
+are applied to fresh documents and must equal the writer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import string
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pycrdt import Doc, Text, TransactionEvent
+
+from benchmarks.loadgen import Client
+from benchmarks.payloads import DocState, Framed, doc_from, doc_state
+from benchmarks.scenarios.base import Case, Metric, Outcome, RunContext
+from benchmarks.servers import RunningServer, ServerSpec
+from benchmarks.stats import percentile
+from ysyncd.protocol import encode_update
+
+__all__ = ["MassJoinCase"]
+
+WRITER_ID = 5_555_555
+ROOM = "lecture"
+ECHO_TIMEOUT_S = 120.0
+JOIN_TIMEOUT_S = 300.0
+RSS_SAMPLE_S = 0.02
+#: Joiners whose copy is applied and compared with the writer's document.
+CHECKED = 3
+_PREPARED = "prepared"
+_MIB = 2**20
+
+
+def big_document(mib: int) -> tuple[list[Framed], DocState]:
+    """``mib`` updates of one MiB of text each, and the document they make."""
+    doc: Doc[Any] = Doc(client_id=WRITER_ID)
+    updates: list[bytes] = []
+
+    def keep(event: TransactionEvent) -> None:
+        updates.append(event.update)
+
+    doc.observe(keep)
+    text = doc.get("text", type=Text)
+    rng = random.Random("massjoin")
+    for _ in range(mib):
+        chunk = "".join(rng.choices(string.ascii_letters + " ", k=_MIB))
+        text.insert(len(text), chunk)
+    return [(u, encode_update(u)) for u in updates], doc_state(doc)
+
+
+def _loadgen_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class MassJoinCase(Case):
+    doc_mib: int
+    joiners: int
+
+    scenario: ClassVar[str] = "massjoin"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric("sync_p50_ms", "joiner synced p50", "ms"),
+        Metric("sync_p99_ms", "joiner synced p99", "ms"),
+        Metric("sync_last_ms", "last joiner synced", "ms"),
+        Metric("peak_rss_mib", "server peak RSS while joining", "MiB"),
+        Metric("join_cpu_s", "server CPU for all joins", "s"),
+        Metric("loadgen_cpu_s", "load generator CPU for all joins", "s"),
+        Metric("step2_mib", "sync step 2 size", "MiB"),
+    )
+    timeout_s: float = 900.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.joiners} clients join a {self.doc_mib} MiB document at once"
+
+    async def run(self, spec: ServerSpec, ctx: RunContext) -> Outcome:
+        updates, expected = big_document(self.doc_mib)
+        outcome = Outcome()
+        if spec.durable:
+            data_dir = ctx.kept_dir(f"massjoin-{self.doc_mib}-{spec.name}")
+            marker = data_dir / _PREPARED
+            if not marker.exists():
+                async with spec.start(data_dir) as server:
+                    await self._write(server, updates, outcome)
+                if outcome.converged:
+                    marker.touch()  # after a clean stop, so every row is in
+            if not outcome.converged:
+                return outcome
+            async with spec.start(data_dir) as server:
+                await self._joins(server, expected, outcome)
+        else:
+            async with spec.start(ctx.fresh_dir(spec.name)) as server:
+                await self._write(server, updates, outcome)
+                if outcome.converged:
+                    await self._joins(server, expected, outcome)
+        return outcome
+
+    async def _write(
+        self, server: RunningServer, updates: list[Framed], outcome: Outcome
+    ) -> None:
+        writer = await Client.connect(
+            server.url, ROOM, WRITER_ID, label="writer", track_echo=True
+        )
+        try:
+            for update in updates:
+                await writer.send_update(update)
+                await writer.wait_unechoed_below(1, ECHO_TIMEOUT_S)
+            if (problem := writer.problem()) is not None:
+                outcome.problems.append(problem)
+        finally:
+            await writer.close()
+
+    async def _joins(
+        self, server: RunningServer, expected: DocState, outcome: Outcome
+    ) -> None:
+        peak = server.rss_bytes()
+        sampling = True
+
+        async def sample() -> None:
+            nonlocal peak
+            while sampling:
+                peak = max(peak, server.rss_bytes())
+                await asyncio.sleep(RSS_SAMPLE_S)
+
+        async def join(index: int) -> tuple[Client, float]:
+            started = time.perf_counter_ns()
+            client = await Client.connect(
+                server.url,
+                ROOM,
+                10_000 + index,
+                label=f"joiner {index}",
+                timeout=JOIN_TIMEOUT_S,
+            )
+            return client, (time.perf_counter_ns() - started) / 1e6
+
+        sampler = asyncio.create_task(sample())
+        cpu_before, loadgen_before = server.cpu_seconds(), _loadgen_cpu_s()
+        try:
+            joined = await asyncio.gather(
+                *(join(i) for i in range(self.joiners)), return_exceptions=True
+            )
+        finally:
+            sampling = False
+            await sampler
+        cpu = server.cpu_seconds() - cpu_before
+        loadgen = _loadgen_cpu_s() - loadgen_before
+        clients = [j[0] for j in joined if not isinstance(j, BaseException)]
+        failed = [j for j in joined if isinstance(j, BaseException)]
+        try:
+            if failed:
+                outcome.problems.append(
+                    f"{len(failed)} of {self.joiners} joiners failed: {failed[0]!r}"
+                )
+            times = [j[1] for j in joined if not isinstance(j, BaseException)]
+            if times:
+                outcome.values.update(
+                    sync_p50_ms=percentile(times, 0.50),
+                    sync_p99_ms=percentile(times, 0.99),
+                    sync_last_ms=max(times),
+                    peak_rss_mib=peak / _MIB,
+                    join_cpu_s=cpu,
+                    loadgen_cpu_s=loadgen,
+                    step2_mib=sum(map(len, clients[0].step2)) / _MIB,
+                )
+            for client in clients[:CHECKED]:
+                state = doc_state(doc_from(client.step2))
+                if state != expected:
+                    outcome.problems.append(
+                        f"{client.label}: {state.describe()},"
+                        f" expected {expected.describe()}"
+                    )
+            for client in clients[CHECKED:]:
+                client.step2.clear()  # 150 copies of the document add up
+        finally:
+            for client in clients:
+                client.abort()
+        outcome.info.update(joiners=self.joiners, doc_mib=self.doc_mib)
+        server.check_alive()
