@@ -190,7 +190,8 @@ def _table(summaries: Sequence[CaseSummary]) -> list[str]:
     servers = summaries[0].columns
     pair = summaries[0].case.ratio
     with_ratio = pair[0] in servers and pair[1] in servers
-    with_floor = pair[0] in servers and FLOOR in servers
+    # The floor is ysyncd's stack: a ratio to it says nothing of a cluster.
+    with_floor = pair[0] == "ysyncd" and FLOOR in servers
     head = ["scenario", "case", "metric", "unit", *servers]
     if with_ratio:
         head.append(f"{pair[0]}/{pair[1]}")

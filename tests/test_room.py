@@ -52,9 +52,22 @@ class FakePeer:
         self.read_only = read_only
         self.user: str | None = None
         self.frames: list[bytes] = []
+        #: The serialised frames written to it, as the objects given.
+        self.wires: list[bytes] = []
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def write(self, wire: bytes) -> None:
+        """A serialised, unmasked WebSocket frame: keep its payload."""
+        length, start = wire[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(wire[2:4]), 4
+        elif length == 127:
+            length, start = int.from_bytes(wire[2:10]), 10
+        assert len(wire) == start + length
+        self.wires.append(wire)
+        self.frames.append(wire[start:])
 
     def refuse_write(self, reason: str) -> None:
         self.send(protocol.encode(protocol.PermissionDenied(reason)))
@@ -128,6 +141,35 @@ async def test_sync_step2_waits_behind_pending_updates(committer: Committer) -> 
     doc: Doc = Doc()
     doc.apply_update(step2[0].update)
     assert str(doc.get("text", type=Text)) == "pending"
+
+
+async def test_joiners_asking_alike_share_one_serialised_answer(
+    committer: Committer,
+) -> None:
+    """A class joining a big room: every joiner asking with the same state
+    vector gets the same bytes object, so the transports hold one copy of
+    the document between them, not one each."""
+    doc: Doc = Doc()
+    doc.get("text", type=Text).insert(0, "lecture " * 20_000)
+    room = Room("r", doc, committer)
+    joiners = [FakePeer() for _ in range(5)]
+    for joiner in joiners:
+        room.join(joiner)
+        room.receive(joiner, protocol.SyncStep1(Doc().get_state()))
+    answers = [j.wires[-1] for j in joiners]
+    assert all(answer is answers[0] for answer in answers)
+    step2 = [m for m in joiners[-1].messages() if isinstance(m, protocol.SyncStep2)]
+    fresh: Doc = Doc()
+    fresh.apply_update(step2[-1].update)
+    assert str(fresh.get("text", type=Text)) == "lecture " * 20_000
+    # Once the doc changes, the next joiner gets a new answer.
+    room.receive(joiners[0], protocol.Update(text_update("!")))
+    await settle(committer)
+    late = FakePeer()
+    room.join(late)
+    room.receive(late, protocol.SyncStep1(Doc().get_state()))
+    await settle(committer)
+    assert late.wires[-1] is not answers[0]
 
 
 async def test_read_only_peer_is_refused_and_nothing_is_applied(

@@ -69,6 +69,11 @@ class PeerLike(Protocol):
         """Queue a frame without blocking (a slow peer is closed, not waited on)."""
         ...
 
+    def write(self, wire: bytes) -> None:
+        """Like :meth:`send`, for a frame already serialised (one shared by
+        many peers)."""
+        ...
+
     def refuse_write(self, reason: str) -> None:
         """Tell the peer, in its dialect, that its write was not applied."""
         ...
