@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -244,8 +243,13 @@ class Committer:
                         self._wakeup.clear()
                         wait = self._promote_quiet(time.monotonic())
                         if not self._compactions or self._compacting:
-                            with anyio.move_on_after(wait if wait else math.inf):
+                            if not wait:
+                                # No deadline: a cancel scope per idle
+                                # wait cost more than the rest of a commit.
                                 await self._wakeup.wait()
+                            else:
+                                with anyio.move_on_after(wait):
+                                    await self._wakeup.wait()
                     elif not self._queue and self._compacting:
                         await self._compaction_done.wait()
         finally:

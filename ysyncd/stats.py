@@ -8,13 +8,21 @@ only the first of each kind, so a flood cannot flood the log as well.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["Stats"]
 
@@ -54,17 +62,13 @@ class Stats:
         self.webhooks: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collected(self))
-        self.commit_latency = Histogram(
+        self.commit_latency = _Histogram(
             "ysyncd_commit_latency_seconds",
             "From an update's arrival until it is durable in the store.",
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self.delivery_time = Histogram(
+        self.delivery_time = _Histogram(
             "ysyncd_delivery_seconds",
             "From an update's arrival until its echo is written to the peers.",
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
         #: The latest samples, for the dashboard's percentiles.
         self.recent_commits: deque[float] = deque(maxlen=_RECENT)
@@ -128,6 +132,36 @@ class Stats:
         self.recent_deliveries.append(delivery)
 
 
+class _Histogram:
+    """A histogram counted here and written by prometheus-client at scrape
+    time: observed on every commit, from the event loop only, so it needs
+    none of prometheus_client.Histogram's locking (which cost 20 µs a
+    commit under a profiler, on a path of a few hundred)."""
+
+    __slots__ = ("counts", "doc", "name", "total")
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.doc = doc
+        #: Observations per bucket (not cumulative), the last one +Inf's.
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(_BUCKETS, value)] += 1
+        self.total += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative = list(itertools.accumulate(self.counts))
+        bounds = [*map(floatToGoString, _BUCKETS), "+Inf"]
+        return HistogramMetricFamily(
+            self.name,
+            self.doc,
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=self.total,
+        )
+
+
 class _Collected(Collector):
     """The counters and gauges :class:`Stats` keeps, read at scrape time."""
 
@@ -158,6 +192,8 @@ class _Collected(Collector):
             for key, value in sorted(counts.items(), key=lambda kv: str(kv[0])):
                 family.add_metric([str(key)], value)
             yield family
+        yield stats.commit_latency.family()
+        yield stats.delivery_time.family()
 
 
 def _help(name: str) -> str:
