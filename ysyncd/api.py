@@ -114,6 +114,23 @@ class Gone(Exception):
     """What was asked for is no longer kept (410)."""
 
 
+#: What each refusal is answered with, and the words before its message;
+#: the first that matches decides (TooLarge and PolicyViolation are kinds of
+#: ProtocolError, as InvalidUpdate is).
+_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
+    (BadRequest, 400, ""),
+    (InvalidUpdate, 400, ""),
+    (PolicyViolation, 422, ""),
+    (TooLarge, 413, ""),
+    (RoomFailed, 503, ""),
+    (Gone, 410, ""),
+    (RestoreFailed, 409, ""),
+    (FileError, 409, "the room's file: "),
+    (StoreError, 503, "the store failed: "),
+)
+_ANSWERED = tuple(kind for kind, _, _ in _STATUSES)
+
+
 class DocumentsApi:
     """The ``/api/`` endpoints; mixed into the server's application."""
 
@@ -152,22 +169,13 @@ class DocumentsApi:
         except AuthError as exc:
             self.stats.refused(exc.status, f"api {path!r}: {exc}")
             return _json(conn, exc.status, {"error": str(exc)})
-        except (BadRequest, InvalidUpdate) as exc:
-            return _json(conn, 400, {"error": str(exc)})
-        except PolicyViolation as exc:
-            return _json(conn, 422, {"error": str(exc)})
-        except TooLarge as exc:
-            return _json(conn, 413, {"error": str(exc)})
-        except RoomFailed as exc:
-            return _json(conn, 503, {"error": str(exc)})
-        except Gone as exc:
-            return _json(conn, 410, {"error": str(exc)})
-        except RestoreFailed as exc:
-            return _json(conn, 409, {"error": str(exc)})
-        except FileError as exc:
-            return _json(conn, 409, {"error": f"the room's file: {exc}"})
-        except StoreError as exc:
-            return _json(conn, 503, {"error": f"the store failed: {exc}"})
+        except _ANSWERED as exc:
+            status, prefix = next(
+                (status, prefix)
+                for kind, status, prefix in _STATUSES
+                if isinstance(exc, kind)
+            )
+            return _json(conn, status, {"error": f"{prefix}{exc}"})
         return _json(conn, 404, {"error": "no such endpoint"})
 
     def _is_admin(self, request: Request) -> bool:
