@@ -41,6 +41,13 @@ class GatedStore(MemoryStore):
             await self.gate.wait()
         await super().append(batch, authors)
 
+    def append_inline(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None],
+    ) -> bool:
+        return self.gate.is_set() and super().append_inline(batch, authors)
+
     async def wait_blocked(self) -> None:
         """Return once a commit is held at the closed gate."""
         with anyio.fail_after(5):

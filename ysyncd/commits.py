@@ -1,11 +1,19 @@
 """Group commit: the single writer between every room and the store.
 
-Rooms hand over updates with :meth:`Committer.submit`, which never blocks. One
-task takes whatever has queued up (at most ``batch_max``) and appends it in one
-transaction; updates that arrive while a commit is in flight share the next one.
-Only after the commit returns are the rooms told (:meth:`Durable.durable`), and
-only then do they echo the updates. So an echo always means "on disk", and the
-fsync cost is shared by everything that arrived together.
+Rooms hand over updates with :meth:`Committer.submit`, which never blocks.
+What queued up in one turn of the event loop (at most ``batch_max``) is
+appended in one transaction; updates that arrive while a commit is in flight
+share the next one. Only after the commit returns are the rooms told
+(:meth:`Durable.durable`), and only then do they echo the updates. So an echo
+always means "on disk", and the fsync cost is shared by everything that
+arrived together.
+
+A small commit is made by a callback at the end of the loop's turn, on the
+loop's thread, when the store can do that cheaply
+(:meth:`~ysyncd.store.UpdateStore.append_inline`): no task wakes and no
+thread is switched to, which at one update per commit cost more CPU than
+the insert. Otherwise one task appends it, awaiting the store; commits never
+overlap, so rooms learn of them in order.
 
 The committer also counts each room's log rows and compacts a room once its log
 passes ``compact_after`` rows, or more for a big document (see
@@ -103,6 +111,9 @@ class Committer:
         self._submitted = 0
         self._committed = 0
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run()
+        self._kicked = False  # a _kick is scheduled
+        self._committing = False  # the task's commit is in flight
         self._stopping = False
         self._stopped = asyncio.Event()
         self._compacting = False
@@ -142,7 +153,42 @@ class Committer:
         self._submitted += 1
         if len(self._queue) >= self._queue_max:
             self._room_for_more.clear()
-        self._wakeup.set()
+        if self._kicked:
+            return
+        if self._loop is None or self._committing:
+            self._wakeup.set()
+            return
+        self._kicked = True
+        self._loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Commit what queued in the loop's last turn, here and now if the
+        store can do it inline; else hand it to the task."""
+        self._kicked = False
+        if not self._queue:
+            return
+        if self._committing or self._stopping:
+            self._wakeup.set()
+            return
+        batch = self._next_batch()
+        try:
+            done = self.store.append_inline(
+                [(p.room, p.update) for p in batch], [p.author for p in batch]
+            )
+        except StoreError as exc:  # the task retries it, with backoff
+            log.warning("an inline commit failed; retrying: %s", exc)
+            done = False
+        if not done:
+            self._wakeup.set()
+            return
+        self._committed_batch(batch, time.monotonic())
+        if self._queue:  # more than one batch's worth
+            self._wakeup.set()
+
+    @property
+    def has_room(self) -> bool:
+        """False while the queue is at its limit (see :meth:`wait_for_room`)."""
+        return self._room_for_more.is_set()
 
     async def wait_for_room(self) -> None:
         """Return once the queue is below its limit; readers call this per frame."""
@@ -229,6 +275,7 @@ class Committer:
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """The writer loop. Returns after :meth:`stop` once everything is committed."""
+        self._loop = asyncio.get_running_loop()
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
@@ -255,7 +302,7 @@ class Committer:
         finally:
             self._stopped.set()
 
-    async def _commit_next_batch(self) -> None:
+    def _next_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
         size = 0
         for pending in itertools.islice(self._queue, self._batch_max):
@@ -265,10 +312,21 @@ class Committer:
                 break
             batch.append(pending)
             size += len(pending.update)
-        count = len(batch)
+        return batch
+
+    async def _commit_next_batch(self) -> None:
+        batch = self._next_batch()
         rows = [(p.room, p.update) for p in batch]
-        await self._append_with_retry(rows, [p.author for p in batch])
-        durable_at = time.monotonic()
+        self._committing = True
+        try:
+            await self._append_with_retry(rows, [p.author for p in batch])
+        finally:
+            self._committing = False
+        self._committed_batch(batch, time.monotonic())
+
+    def _committed_batch(self, batch: list[_Pending], durable_at: float) -> None:
+        """Take the durable ``batch`` off the queue and tell everyone."""
+        count = len(batch)
         for _ in range(count):
             self._queue.popleft()
         self._committed += count
@@ -289,6 +347,7 @@ class Committer:
         if self.on_latency is not None:
             oldest = batch[0].arrived
             self.on_latency(durable_at - oldest, time.monotonic() - oldest)
+        rows = [(p.room, p.update) for p in batch] if self.listeners else []
         for listener in self.listeners:
             try:
                 listener(rows)

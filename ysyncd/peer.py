@@ -34,6 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
+from ysyncd.connection import Connection
 from ysyncd.dialect import Dialect
 from ysyncd.errors import (
     InvalidUpdate,
@@ -43,6 +44,7 @@ from ysyncd.errors import (
     UnknownMessageType,
     UnsupportedFrame,
 )
+from ysyncd.turns import BIG_FRAME, Turns
 
 __all__ = ["Peer", "close_code_for", "close_reason", "fan_out"]
 
@@ -91,9 +93,11 @@ class Peer:
     __slots__ = (
         "__weakref__",
         "_closing",
+        "_held",
         "_limit",
         "_on_backlog",
         "_on_slow",
+        "_turns",
         "conn",
         "dialect",
         "id",
@@ -112,6 +116,7 @@ class Peer:
         send_buffer_bytes: int = 16 * 2**20,
         on_slow: Callable[[], None] | None = None,
         on_backlog: Callable[[Peer], None] | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self.id = next(_ids)
         self.conn = conn
@@ -123,6 +128,10 @@ class Peer:
         self._on_slow = on_slow
         self._on_backlog = on_backlog
         self._closing: asyncio.Task[None] | None = None
+        self._turns = turns
+        # While waiting for a turn (see turns.py): its big frame, then the
+        # frames sent after it.
+        self._held: list[bytes] | None = None
         #: Bytes of frames written to the transport so far.
         self.written = 0
 
@@ -140,16 +149,55 @@ class Peer:
         self.write(wire_frame(message))
 
     def write(self, wire: bytes) -> None:
-        """Write an already serialised frame, unless the peer is closing or slow."""
-        conn = self.conn
-        if self._closing is not None or conn.protocol.state is not State.OPEN:
+        """Write an already serialised frame, unless the peer is closing or
+        slow; a big one when it is this peer's turn (see turns.py)."""
+        if self._closing is not None or self.conn.protocol.state is not State.OPEN:
             return
-        transport = conn.transport
+        held, turns = self._held, self._turns
+        if held is not None:
+            held.append(wire)
+            if sum(map(len, held)) - len(held[0]) > self._limit:
+                self._too_slow()
+            return
+        if len(wire) < BIG_FRAME or turns is None or turns.holds(self):
+            self._write(wire)
+        elif turns.ask(self):
+            self._write(wire)
+            self._watch_turn()
+        else:
+            self._held = [wire]
+
+    def take_turn(self) -> None:
+        """Write what waited for this peer's turn, which has come."""
+        held, self._held = self._held, None
+        if self.closing or not held:
+            self._turn_over()
+            return
+        for wire in held:
+            self._write(wire)
+        self._watch_turn()
+
+    def _watch_turn(self) -> None:
+        conn = self.conn
+        if conn.transport.get_write_buffer_size() and isinstance(conn, Connection):
+            conn.on_drained = self._turn_over
+        else:  # sent already; later, as the next turn may be sent at once too
+            asyncio.get_running_loop().call_soon(self._turn_over)
+
+    def _turn_over(self) -> None:
+        if self._turns is not None:
+            self._turns.done(self)
+
+    def _too_slow(self) -> None:
+        if self._on_slow is not None:
+            self._on_slow()
+        self.close(CloseCode.TRY_AGAIN_LATER, "too slow: send buffer full")
+
+    def _write(self, wire: bytes) -> None:
+        transport = self.conn.transport
         buffered = transport.get_write_buffer_size()
         if buffered > self._limit:
-            if self._on_slow is not None:
-                self._on_slow()
-            self.close(CloseCode.TRY_AGAIN_LATER, "too slow: send buffer full")
+            self._too_slow()
             return
         transport.write(wire)
         self.written += len(wire)

@@ -195,6 +195,11 @@ class Room:
         """Whether a sliced update or a rebuild is under way."""
         return self._busy is not None
 
+    @property
+    def ready(self) -> bool:
+        """True when a peer's next frame can be handled without :meth:`settle`."""
+        return self._busy is None and not self.failed
+
     async def settle(self) -> None:
         """Wait until the room is not busy; peers call it before each frame.
 

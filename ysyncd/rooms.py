@@ -46,6 +46,7 @@ from ysyncd.integrate import UpdatePolicy, apply_pieces
 from ysyncd.presence import AwarenessPolicy
 from ysyncd.room import Room
 from ysyncd.roomtypes import ROOM_DELETED, FanOut, send_each
+from ysyncd.spawn import start_soon
 from ysyncd.store import StoredRoom
 from ysyncd.store.snapshot import doc_from_updates, prepare
 from ysyncd.worker import Worker
@@ -260,7 +261,7 @@ class RoomRegistry:
         loading.exception()  # retrieved: joiners that gave up must not warn
 
     def _rebuild_soon(self, room: Room) -> None:
-        self._tg.start_soon(self._rebuild, room)
+        start_soon(self._tg, self._rebuild, room)
 
     async def _rebuild(self, room: Room) -> None:
         try:

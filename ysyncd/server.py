@@ -19,7 +19,6 @@ import http
 import logging
 import socket
 import ssl
-import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -34,10 +33,10 @@ from ysyncd.admission import Admission, Admitter, duplicate_header
 from ysyncd.api import API, DocumentsApi, read_admin_token
 from ysyncd.auth import Authorizer, allowed_origins, build_authorizer
 from ysyncd.auth.recheck import Rechecker
-from ysyncd.bodies import BodyConnection
 from ysyncd.cluster import open_cluster
 from ysyncd.commits import Committer
 from ysyncd.config import Settings
+from ysyncd.connection import Connection, counted
 from ysyncd.dashboard import Dashboard
 from ysyncd.errors import (
     AuthError,
@@ -46,7 +45,6 @@ from ysyncd.errors import (
     InvalidRoomName,
     ProtocolError,
     StoreError,
-    UnsupportedFrame,
 )
 from ysyncd.health import Health
 from ysyncd.integrate import UpdatePolicy, is_panic
@@ -55,7 +53,7 @@ from ysyncd.jupyter.service import JupyterRooms, unknown_session
 from ysyncd.keepalive import DrainWatch, Keepalive
 from ysyncd.peer import BACKLOG_BYTES, Peer, close_code_for, close_reason, fan_out
 from ysyncd.presence import AwarenessPolicy
-from ysyncd.protocol import coalesce
+from ysyncd.reader import Reader
 from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry
 from ysyncd.roomtypes import RoomFailed
@@ -64,6 +62,7 @@ from ysyncd.stats import Stats
 from ysyncd.store import is_postgres_url, open_store
 from ysyncd.store.memory import MemoryStore
 from ysyncd.store.snapshot import Snapshot, build_snapshot
+from ysyncd.turns import Turns
 from ysyncd.updates import Limits
 from ysyncd.webhooks import start_webhooks
 from ysyncd.worker import Worker, raise_stack_limit
@@ -72,9 +71,6 @@ __all__ = ["serve"]
 
 
 log = logging.getLogger("ysyncd.server")
-
-#: CPU one connection's frames may take before the others get a turn.
-_TURN_SECONDS = 0.01
 
 Listening = Callable[[str, int], None]
 
@@ -117,8 +113,9 @@ class _App(Routes, DocumentsApi, Dashboard):
         self.stats = stats
         self.connections = 0
         self.drains = drains
+        self.turns = Turns()
         #: Connections in their opening handshake (see _counted).
-        self.handshakes: set[ServerConnection] = set()
+        self.handshakes: set[Connection] = set()
         # Admitted but not yet handled; weak, so a failed handshake leaks nothing.
         self.admissions: weakref.WeakKeyDictionary[ServerConnection, Admission] = (
             weakref.WeakKeyDictionary()
@@ -194,7 +191,7 @@ class _App(Routes, DocumentsApi, Dashboard):
         self.admissions[conn] = self.admitter.admission(request, located, grant)
         return None
 
-    def handshake_started(self, conn: ServerConnection) -> None:
+    def handshake_started(self, conn: Connection) -> None:
         """A TCP connection arrived: drop it unread past --max-handshakes."""
         if len(self.handshakes) >= self.settings.max_handshakes:
             self.stats.limit_hit("max_handshakes", "dropped a connection unread")
@@ -202,10 +199,11 @@ class _App(Routes, DocumentsApi, Dashboard):
             return
         self.handshakes.add(conn)
 
-    def handshake_ended(self, conn: ServerConnection) -> None:
+    def handshake_ended(self, conn: Connection) -> None:
         self.handshakes.discard(conn)
 
     async def handler(self, conn: ServerConnection) -> None:
+        assert isinstance(conn, Connection)  # see counted()
         self.handshake_ended(conn)
         admission = self.admissions.pop(conn)
         # The handshake is over and the admission holds what we needed from it;
@@ -227,12 +225,12 @@ class _App(Routes, DocumentsApi, Dashboard):
             # A bug a client can trigger must cost that client its
             # connection, not the log a traceback per connection.
             self.stats.failed("serving a connection", exc)
-            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+            await _close_draining(conn, CloseCode.INTERNAL_ERROR, "internal error")
         except BaseException as exc:
             if not is_panic(exc):
                 raise
             self.stats.failed("serving a connection (pycrdt panicked)", exc)
-            await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+            await _close_draining(conn, CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self.connections -= 1
             # Count the code we sent when we closed; otherwise the peer's.
@@ -241,7 +239,7 @@ class _App(Routes, DocumentsApi, Dashboard):
             if code is not None:
                 self.stats.closed(code)
 
-    async def _serve_peer(self, conn: ServerConnection, admission: Admission) -> None:
+    async def _serve_peer(self, conn: Connection, admission: Admission) -> None:
         route, registry, setup = admission.jupyter, self.registry, None
         if route is not None:
             if route.target is None:
@@ -275,7 +273,7 @@ class _App(Routes, DocumentsApi, Dashboard):
             registry.release(room)
 
     async def _serve_in_room(
-        self, conn: ServerConnection, admission: Admission, room: Room
+        self, conn: Connection, admission: Admission, room: Room
     ) -> None:
         binding = room.document
         if binding is not None and binding.gone:
@@ -289,6 +287,7 @@ class _App(Routes, DocumentsApi, Dashboard):
             send_buffer_bytes=self.settings.send_buffer_bytes,
             on_slow=self._on_slow_peer,
             on_backlog=self.drains.watch,
+            turns=self.turns,
         )
         try:
             await room.settle()
@@ -296,31 +295,10 @@ class _App(Routes, DocumentsApi, Dashboard):
                 await conn.close(CloseCode.TRY_AGAIN_LATER, "room is full")
                 return
             room.join(peer)
-            spent = 0.0
-            async for frame in conn:
-                started = time.perf_counter()
-                if isinstance(frame, str):
-                    raise UnsupportedFrame("text frames are not part of the protocol")
-                # One answer covers every sync step 1 of a frame, and so on.
-                messages = coalesce(peer.dialect.decode(frame))
-                await room.settle()
-                for message in messages:
-                    if peer.closing:
-                        break  # a peer being closed costs nothing more
-                    if admission.jupyter is None:
-                        pending = room.receive(peer, message)
-                    else:
-                        pending = self.jupyter.receive(peer, room, message)
-                    if pending is not None:
-                        await pending  # a big update, a slice at a time
-                await self.committer.wait_for_room()
-                # Frames already received are handed over without a pause, so
-                # a peer that sends fast would keep the loop: other peers get
-                # their turn after each 10 ms of work on this one's frames.
-                spent += time.perf_counter() - started
-                if spent > _TURN_SECONDS:
-                    spent = 0.0
-                    await asyncio.sleep(0)
+            reader = Reader(
+                peer, room, self.committer, self.jupyter, admission.jupyter is not None
+            )
+            await conn.read(reader.receive)
         except ProtocolError as exc:
             self.stats.limit_hit(
                 exc.limit or f"bad_input_{type(exc).__name__}", str(exc)
@@ -347,19 +325,14 @@ class _App(Routes, DocumentsApi, Dashboard):
         return False
 
 
-async def _close_draining(conn: ServerConnection, code: int, reason: str) -> None:
+async def _close_draining(conn: Connection, code: int, reason: str) -> None:
     """Close, discarding frames the peer had queued meanwhile.
 
     Reading pauses while frames wait unread (``max_queue``), so without the
-    draining the peer's close reply would sit unread until the close timeout.
+    discarding the peer's close reply would sit unread until the close timeout.
     """
-    closing = asyncio.ensure_future(conn.close(code, close_reason(reason)))
-    try:
-        async for _ in conn:
-            continue
-    except ConnectionClosedError:
-        log.debug("connection lost while closing it with %d", code)
-    await closing
+    conn.discard()
+    await conn.close(code, close_reason(reason))
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -519,7 +492,7 @@ async def _serve(
                 None if sock else settings.host,
                 None if sock else settings.port,
                 sock=sock,
-                create_connection=_counted(app, settings.max_message_bytes),
+                create_connection=counted(app, settings.max_message_bytes),
                 process_request=app.process_request,
                 compression=None,  # per-peer deflate would dominate fan-out cost
                 max_size=settings.max_message_bytes,
@@ -552,25 +525,6 @@ async def _serve(
         await anyio.to_thread.run_sync(worker.close)
         await store.aclose()
     log.info("ysyncd stopped")
-
-
-def _counted(app: _App, max_body: int) -> type[ServerConnection]:
-    """websockets' connection class, telling ``app`` of handshakes, so that
-    half-open ones cannot pile up (each may hold a request's headers), and
-    taking the HTTP API's request bodies (see bodies.py)."""
-
-    class Connection(BodyConnection):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            app.handshake_started(self)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            app.handshake_ended(self)
-            super().connection_lost(exc)
-
-    Connection.max_body = max_body
-
-    return Connection
 
 
 def _announce(server: Server, on_listening: Listening | None, scheme: str) -> None:

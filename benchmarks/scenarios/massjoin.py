@@ -10,8 +10,8 @@ Measured:
 * the server's peak RSS while they join (sampled every 20 ms), and its CPU;
 * the load generator's CPU: receiving ``joiners`` copies of the document
   costs the client side too, on the same cores. The joiners are bare
-  sockets that read the answer in 1 MiB chunks and drop it (see
-  :func:`lean_join`), so that the time measured is mostly the server's.
+  sockets that read the answer into one reused 1 MiB buffer and drop it
+  (see :func:`lean_join`), so that the time measured is mostly the server's.
 
 ysyncd is restarted after the document is written (the database is kept
 for later rounds, as coldjoin's), so the joins find the room on disk, not in
@@ -27,6 +27,7 @@ import base64
 import os
 import random
 import resource
+import socket
 import string
 import time
 from dataclasses import dataclass
@@ -75,50 +76,103 @@ def big_document(mib: int) -> tuple[list[Framed], DocState]:
     return [(u, encode_update(u)) for u in updates], doc_state(doc)
 
 
+class _Socket:
+    """A bare non-blocking socket read into one reused buffer: receiving a
+    chunk costs the kernel's copy and nothing more."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buffer = bytearray(_CHUNK)
+        self.view = memoryview(self.buffer)
+        self.pending = b""  # read and not yet taken
+
+    async def _recv(self) -> int:
+        count = await self.loop.sock_recv_into(self.sock, self.buffer)
+        if not count:
+            raise LoadgenError("the server closed the connection")
+        return count
+
+    async def until(self, marker: bytes) -> bytes:
+        """Everything up to and including ``marker``."""
+        for _ in range(_FRAMES_MAX):
+            end = self.pending.find(marker)
+            if end >= 0:
+                end += len(marker)
+                taken, self.pending = self.pending[:end], self.pending[end:]
+                return taken
+            self.pending += self.view[: await self._recv()]
+        raise LoadgenError(f"no {marker!r} in {_FRAMES_MAX} reads")
+
+    async def exactly(self, size: int) -> bytes:
+        parts = [self.pending[:size]]
+        got = len(parts[0])
+        self.pending = self.pending[size:]
+        while got < size:
+            count = await self._recv()
+            take = min(count, size - got)
+            parts.append(bytes(self.view[:take]))
+            got += take
+            self.pending = bytes(self.view[take:count])
+        return b"".join(parts)
+
+    async def skip(self, size: int) -> None:
+        dropped = min(size, len(self.pending))
+        self.pending = self.pending[dropped:]
+        size -= dropped
+        while size:
+            count = await self._recv()
+            take = min(count, size)
+            size -= take
+            self.pending = bytes(self.view[take:count])
+
+
 async def lean_join(port: int, room: str, *, keep: bool) -> bytes | None:
     """Join ``room`` as a y-websocket client does (sync step 1 with the empty
     state vector) over a bare socket, and read until the sync step 2 is
-    whole; return its frame's payload if ``keep``, else read it in chunks
-    and drop it. The joiners of this case receive the document 150 times:
-    websockets' client would spend more CPU on assembling those messages
-    than the server spends on sending them, on the same cores."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=_CHUNK)
+    whole; return its frame's payload if ``keep``, else read it into one
+    reused buffer and drop it. The joiners of this case receive the document
+    150 times: websockets' client (or a stream reader's copies) would spend
+    more CPU on those bytes than the server spends on sending them, on the
+    same cores."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
+        stream = _Socket(sock)
+        await stream.loop.sock_connect(sock, ("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
+        await stream.loop.sock_sendall(
+            sock,
             f"GET /{room} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
         )
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = await stream.until(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             raise LoadgenError(f"upgrade refused: {head[:80]!r}")
         ask = encode(SyncStep1(b"\x00"))
-        writer.write(Frame(Opcode.BINARY, ask).serialize(mask=True))
+        await stream.loop.sock_sendall(
+            sock, Frame(Opcode.BINARY, ask).serialize(mask=True)
+        )
         for _ in range(_FRAMES_MAX):
-            first, second = await reader.readexactly(2)
+            first, second = await stream.exactly(2)
             length = second & 0x7F
             if length == 126:
-                length = int.from_bytes(await reader.readexactly(2))
+                length = int.from_bytes(await stream.exactly(2))
             elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8))
+                length = int.from_bytes(await stream.exactly(8))
             opcode = first & 0x0F
-            prefix = await reader.readexactly(min(2, length))
+            prefix = await stream.exactly(min(2, length))
             if opcode != Opcode.BINARY.value or prefix != _STEP2_PREFIX:
-                await reader.readexactly(length - len(prefix))
+                await stream.skip(length - len(prefix))
                 continue
             if keep:
-                return prefix + await reader.readexactly(length - len(prefix))
-            left = length - len(prefix)
-            while left:
-                chunk = await reader.read(min(left, _CHUNK))
-                if not chunk:
-                    raise LoadgenError("the server closed during sync step 2")
-                left -= len(chunk)
+                return prefix + await stream.exactly(length - len(prefix))
+            await stream.skip(length - len(prefix))
             return None
         raise LoadgenError(f"no sync step 2 in {_FRAMES_MAX} frames")
     finally:
-        writer.close()
+        sock.close()
 
 
 def _loadgen_cpu_s() -> float:

@@ -255,8 +255,15 @@ class RedisBackplane:
                 next_beat = now + HEARTBEAT_SECONDS
             if not self._outbox:
                 self._wakeup.clear()
-                with anyio.move_on_after(next_beat - now):
+                # A timer, not a cancel scope: this wait comes once per commit
+                # on a quiet node, and a scope cost more than the publish.
+                beat = asyncio.get_running_loop().call_later(
+                    next_beat - now, self._wakeup.set
+                )
+                try:
                     await self._wakeup.wait()
+                finally:
+                    beat.cancel()
                 continue
             batch = [
                 self._outbox[i] for i in range(min(len(self._outbox), _PIPELINE_MAX))

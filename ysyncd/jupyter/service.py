@@ -33,6 +33,7 @@ from ysyncd.peer import Peer
 from ysyncd.protocol import JupyterSave, Message, encode_raw
 from ysyncd.room import Room
 from ysyncd.rooms import RoomRegistry, Setup
+from ysyncd.spawn import start_soon
 
 if TYPE_CHECKING:
     from ysyncd.jupyter.rooms import FileBinding
@@ -145,7 +146,7 @@ class JupyterRooms:
     ) -> Awaitable[None] | None:
         """:meth:`Room.receive`, plus what only Jupyter rooms do."""
         if isinstance(message, JupyterSave):
-            self._tg.start_soon(self._save, peer, room, message.save_id)
+            start_soon(self._tg, self._save, peer, room, message.save_id)
             return None
         try:
             pending = room.receive(peer, message)

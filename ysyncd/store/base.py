@@ -203,6 +203,20 @@ class UpdateStore(Protocol):
         transaction; ``authors``, one per pair, are who wrote them."""
         ...
 
+    def append_inline(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None],
+    ) -> bool:
+        """:meth:`append`, done on the calling thread before returning, when
+        the store can do that cheaply now; False (nothing written) when the
+        caller must use :meth:`append` instead.
+
+        Raises:
+            StoreError: the append failed; nothing was written.
+        """
+        ...
+
     async def quarantine(self, room: str, bad: Judge) -> list[str]:
         """Move ``room``'s rows (its snapshot included) that ``bad`` finds a
         fault in aside, into the store's quarantine, in one transaction; they

@@ -98,10 +98,25 @@ class MemoryStore:
     async def delete(self, room: str) -> bool:
         return self._rooms.pop(room, None) is not None
 
+    def append_inline(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None],
+    ) -> bool:
+        self._append(batch, authors)
+        return True
+
     async def append(
         self,
         batch: Sequence[tuple[str, bytes]],
         authors: Sequence[str | None] | None = None,
+    ) -> None:
+        self._append(batch, authors)
+
+    def _append(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None] | None,
     ) -> None:
         now = self._clock()
         who = authors if authors is not None else [None] * len(batch)

@@ -287,6 +287,13 @@ class PostgresStore:
             raise StoreError(f"deleting room {room!r} failed: {exc}") from exc
         return gone is not None
 
+    def append_inline(
+        self,
+        batch: Sequence[tuple[str, bytes]],
+        authors: Sequence[str | None],
+    ) -> bool:
+        return False  # a round trip to the server: always awaited
+
     async def append(
         self,
         batch: Sequence[tuple[str, bytes]],
@@ -300,7 +307,11 @@ class PostgresStore:
         try:
             async with self._write_lock:
                 writer = await self._writer_connection()
-                room_ids = [await self._room_id(writer, room) for room, _ in batch]
+                known = self._room_ids
+                room_ids = [
+                    known[room] if room in known else await self._room_id(writer, room)
+                    for room, _ in batch
+                ]
                 await writer.execute(
                     _APPEND, room_ids, [u for _, u in batch], self._clock(), who
                 )
