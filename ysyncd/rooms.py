@@ -222,7 +222,12 @@ class RoomRegistry:
             fan_out=self._fan_out,
             updates=self._updates,
         )
-        self._committer.track(key, stored.log_rows, stored.snapshot_bytes)
+        self._committer.track(
+            key,
+            stored.log_rows,
+            stored.snapshot_bytes,
+            sum(map(len, stored.updates)) - stored.snapshot_bytes,
+        )
         if setup is not None:
             try:
                 await setup(room)
