@@ -56,7 +56,8 @@ ROW_COST_BYTES = 400
 #: A log's bytes cost more to replay than a snapshot's (20 rows of 1 MiB of
 #: text: 130 ms, against 25 ms for the 20 MiB snapshot), so a log that holds
 #: as many bytes as the snapshot (or this many, for a small one) is due too,
-#: however few its rows: a big paste does not make every cold load slow.
+#: once the room is quiet, however few its rows: a big paste does not make
+#: every cold load slow.
 LOG_BYTES_MIN = 2**20
 # A room still being written to is compacted when it has been quiet this long,
 # or when its log reaches this many times its threshold anyway.
@@ -234,12 +235,13 @@ class Committer:
         rows += added
         self._log_rows[room] = rows
         self._log_bytes[room] += added_bytes
-        due = self._due(room)
-        if due >= _HOT_FACTOR:
+        # Only rows make a busy room compact: bytes wait for it to go quiet,
+        # so a room churning big edits is not rebuilt again and again.
+        if self._due_by_rows(room) >= _HOT_FACTOR:
             self._quiet_due.pop(room, None)
             self._compactions[room] = None
             self._wakeup.set()
-        elif due >= 1:
+        elif self._due(room) >= 1:
             # A room still being written to is compacted once it goes quiet:
             # its cold-load time does not matter while it is loaded.
             if room not in self._quiet_due:
@@ -250,14 +252,18 @@ class Committer:
         """How many times over its threshold ``room``'s log is (1 = due)."""
         # Count from what the last compaction left, so rows it had to keep
         # (or a failed attempt) do not make every batch compact again.
-        rows = self._log_rows.get(room)
-        if rows is None:
+        if room not in self._log_rows:
             return 0.0
-        by_rows = (rows - self._kept_rows.get(room, 0)) / self._due_rows[room]
         by_bytes = self._log_bytes[room] / max(
             self._snapshot_bytes[room], LOG_BYTES_MIN
         )
-        return max(by_rows, by_bytes)
+        return max(self._due_by_rows(room), by_bytes)
+
+    def _due_by_rows(self, room: str) -> float:
+        rows = self._log_rows.get(room)
+        if rows is None:
+            return 0.0
+        return (rows - self._kept_rows.get(room, 0)) / self._due_rows[room]
 
     def _promote_quiet(self, now: float) -> float | None:
         """Queue quiet rooms that are due; return seconds until the next one is."""
