@@ -62,12 +62,11 @@ from ysyncd.store.base import (
     earliest,
     kept_rows,
 )
+from ysyncd.store.sqlite_inline import InlineAppender
 from ysyncd.store.sqlite_open import (
     SCHEMA_VERSION,
     check_owner,
-    checkpoint,
     open_error,
-    open_inline,
     prepare,
     set_up,
     take_lock,
@@ -84,16 +83,6 @@ _ROOM_ID_CACHE = 65_536
 #: 32,766 per statement (the append must stay one statement to stay one
 #: transaction).
 MAX_BATCH = 8000
-# An append is done on the loop's thread (see append_inline) when it is at
-# most this big and inline commits have lately taken less than _INLINE_SLOW;
-# after a slower one, appends go to the writer's thread for _INLINE_PAUSE.
-_INLINE_ROWS = 8
-_INLINE_BYTES = 64 * 1024
-_INLINE_SLOW = 0.002
-_INLINE_PAUSE = 5.0
-# WAL pages written inline between two checkpoints (SQLite's own default).
-_CHECKPOINT_ROWS = 1000
-_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 # The snapshot (as row 0) and the log, in order, in one consistent statement.
 _LOAD = """
@@ -145,13 +134,8 @@ class SQLiteStore:
     ) -> None:
         self._writer = writer
         self._reader = reader
-        # The loop thread's own connection for small appends (append_inline),
-        # and the checkpoints its commits no longer run (see open()).
-        self._inline: sqlite3.Connection | None = None
-        self._inline_after = 0.0
-        self._unchecked = 0
-        self._checkpoint: asyncio.Task[None] | None = None
-        self._path: Path | None = None
+        # Small appends on the loop's own connection (sqlite_inline.py).
+        self._inline: InlineAppender | None = None
         self._epoch = epoch
         self._lock = lock  # the fd holding the flock; see take_lock()
         self._room_ids: dict[str, int] = {}
@@ -213,7 +197,7 @@ class SQLiteStore:
             reader = await aiosqlite.connect(
                 read_only_uri, uri=True, isolation_level=None, timeout=busy_timeout
             )
-            inline = open_inline(path, synchronous)
+            inline = InlineAppender(path, synchronous)
         except BaseException as exc:
             await writer.close()
             if lock >= 0:
@@ -222,7 +206,7 @@ class SQLiteStore:
                 raise open_error(path, exc, busy_timeout) from exc
             raise
         store = cls(writer, reader, epoch, lock, history_retention, clock)
-        store._inline, store._path = inline, path
+        store._inline = inline
         return store
 
     @classmethod
@@ -341,61 +325,22 @@ class SQLiteStore:
         batch: Sequence[tuple[str, bytes]],
         authors: Sequence[str | None],
     ) -> bool:
-        """A small append on the loop's own connection, without the hop to
-        the writer's thread and back (two thread switches and a wake-up of
-        the loop, more CPU than the insert); the loop waits for the fsync.
-
-        Only when no write transaction is open (the write lock is free), the
-        rooms already have their ids, and commits have lately been quick; a
-        busy database is not waited for (busy_timeout 0).
-        """
-        db = self._inline
+        """A small append on the loop's own connection (see sqlite_inline.py),
+        when no write transaction is open (the write lock is free) and the
+        rooms already have their ids."""
+        inline, ids = self._inline, self._room_ids
         if (
-            db is None
-            or len(batch) > _INLINE_ROWS
+            inline is None
             or self._write_lock.locked()
-            or sum(len(update) for _, update in batch) > _INLINE_BYTES
+            or not inline.fits(len(batch), sum(len(u) for _, u in batch))
+            or any(room not in ids for room, _ in batch)
         ):
-            return False
-        started = time.monotonic()
-        if started < self._inline_after:
-            return False
-        ids = self._room_ids
-        if any(room not in ids for room, _ in batch):
             return False
         now = self._clock()
         values: list[object] = []
         for (room, update), author in zip(batch, authors, strict=True):
             values += (ids[room], update, now, author)
-        try:
-            db.execute(_insert_sql(len(batch)), values)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in _BUSY:  # extended codes too
-                raise StoreError(f"append failed: {exc}") from exc
-            return False  # another connection writes: the writer's thread waits
-        except sqlite3.Error as exc:
-            raise StoreError(f"append failed: {exc}") from exc
-        if time.monotonic() - started > _INLINE_SLOW:
-            self._inline_after = time.monotonic() + _INLINE_PAUSE
-        self._unchecked += len(batch)
-        if self._unchecked >= _CHECKPOINT_ROWS and self._checkpoint is None:
-            self._unchecked = 0
-            self._checkpoint = asyncio.get_running_loop().create_task(
-                self._checkpoint_wal()
-            )
-        return True
-
-    async def _checkpoint_wal(self) -> None:
-        """Copy the WAL into the database, in a thread, on a connection of
-        its own: the inline connection leaves this to SQLite's auto-checkpoint
-        no more, as it would stall the loop for a whole checkpoint."""
-        assert self._path is not None
-        try:
-            await anyio.to_thread.run_sync(checkpoint, self._path)
-        except sqlite3.Error as exc:
-            log.warning("a WAL checkpoint failed (the next one retries): %s", exc)
-        finally:
-            self._checkpoint = None
+        return inline.append(_insert_sql(len(batch)), values, len(batch))
 
     async def quarantine(self, room: str, bad: Judge) -> list[str]:
         try:
@@ -631,10 +576,8 @@ class SQLiteStore:
 
     async def aclose(self) -> None:
         try:
-            if self._checkpoint is not None:
-                await self._checkpoint
             if self._inline is not None:
-                self._inline.close()
+                await self._inline.aclose()
                 self._inline = None
             await self._reader.close()
             if self._writer is not None:

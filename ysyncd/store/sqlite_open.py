@@ -28,10 +28,8 @@ from ysyncd.errors import (
 __all__ = [
     "SCHEMA_VERSION",
     "check_owner",
-    "checkpoint",
     "migrate",
     "open_error",
-    "open_inline",
     "prepare",
     "set_up",
     "take_lock",
@@ -188,31 +186,6 @@ async def set_up(db: aiosqlite.Connection, path: Path, synchronous: str) -> str:
     await db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     await db.execute("PRAGMA foreign_keys = ON")
     return await migrate(db, path)
-
-
-def open_inline(path: Path, synchronous: str) -> sqlite3.Connection:
-    """The connection the event loop's thread appends on (see
-    ``SQLiteStore.append_inline``): autocommit, the store's durability, no
-    waiting for another connection's lock, and no auto-checkpoint."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=0)
-    try:
-        db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA wal_autocheckpoint = 0")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def checkpoint(path: Path) -> None:
-    """Copy what the WAL holds into the database, without waiting for anyone
-    (a passive checkpoint), on a connection of its own (in a worker thread)."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        db.close()
 
 
 async def user_version(db: aiosqlite.Connection) -> int:
